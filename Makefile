@@ -1,0 +1,38 @@
+# Two commands do all the set-up: `make run DATA=<dataset root>` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= dataset/
+# Extra flags for phase 0's cleaner, e.g. make run PHASE0_ARGS="--val-ratio 0.15 --force"
+PHASE0_ARGS ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run phase0 test lint clean help
+
+help:
+	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
+	@echo "make run DATA=PATH      set up, then run the pipeline on the dataset root PATH (default dataset/)"
+	@echo "make test [DATA=PATH]   set up, then ruff + pytest (the real-data tests use DATA when it has train.txt)"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+run: setup phase0
+
+phase0: setup
+	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(PHASE0_ARGS)
+	$(PY) phase0/data_analysis.py --data-root $(DATA)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	MSA_REAL_DATA=$(DATA) MPLBACKEND=Agg $(PY) -m pytest -q
+
+clean:
+	rm -rf .pytest_cache .ruff_cache phase*/results phase*/figures results

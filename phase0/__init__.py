@@ -1,0 +1,1 @@
+"""Phase 0: data cleaning, audit, persisted split and dataset analysis."""

@@ -1,0 +1,339 @@
+"""Phase 0a: integrity check, near-duplicate removal, cleaned index, audit and the persisted split.
+
+Run from the repository root:
+
+    python phase0/data_cleaner.py --data-root dataset/
+    python phase0/data_cleaner.py --data-root ../shared/mvsa --val-ratio 0.1 --seed 42 --folds 5
+
+Reads (never modifies): <data-root>/train.txt, <data-root>/test_without_label.txt, <data-root>/data/{guid}.*
+Writes under --work-dir (default: the project's dataset/ folder):
+    train_cleaned.txt      guid,tag of the labelled rows kept for training/validation
+    data_audit.csv         guid,reason,label,detail,action,source: every problem found and what was done
+    data_inventory.csv     one row per guid (train and test): text encoding, image format/size, hashes
+    splits/default.csv     guid,split (train/val), stratified, seeded; splits/cv{K}-{i}.csv with --folds K
+    phase0_manifest.json   inputs (paths, sha256), arguments, counts, timings
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from msa import cli  # noqa: E402
+from msa.data import (  # noqa: E402
+    AUDIT_COLUMNS,
+    LABELS,
+    Problem,
+    dedup_key,
+    load_image,
+    read_index,
+    read_text,
+)
+from msa.io import file_sha256, write_csv, write_json, write_text  # noqa: E402
+from msa.splits import (  # noqa: E402
+    load_split,
+    split_path,
+    stratified_folds,
+    stratified_holdout,
+    write_split,
+)
+
+log = logging.getLogger("phase0.cleaner")
+
+TEXT_REASONS = {"missing": "missing_text", "empty": "empty_text", "bad_guid": "bad_guid"}
+IMAGE_REASONS = {"missing": "missing_image", "empty_file": "empty_image_file", "truncated": "truncated_image",
+                 "undecodable": "undecodable_image", "decompression_bomb": "decompression_bomb",
+                 "bad_guid": "bad_guid"}
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]),
+        epilog="Row policy: rows whose index line is malformed, whose guid is not a plain file stem, whose tag "
+               "is unknown, or that repeat a guid are skipped and audited; a guid listed with two different tags "
+               "is removed. A labelled row whose image or text cannot be used is removed (kept with a "
+               "placeholder under --keep-partial). Test rows are never removed: unusable files get placeholders "
+               "so every test guid still gets a prediction.")
+    cli.add_data_args(p)
+    p.add_argument("--train-index", type=Path, default=None, help="labelled index (default <data-root>/train.txt)")
+    p.add_argument("--test-index", type=Path, default=None,
+                   help="unlabelled index (default <data-root>/test_without_label.txt; optional)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder of {guid}.jpg/.txt (default <data-root>/data)")
+    p.add_argument("--val-ratio", type=float, default=0.1, help="validation share of the stratified hold-out split")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split and the folds")
+    p.add_argument("--folds", type=int, default=5,
+                   help="also write K stratified folds as splits cv{K}-0 .. cv{K}-{K-1} (0 = none)")
+    p.add_argument("--phash-threshold", type=int, default=4,
+                   help="max Hamming distance (of 64 bits) between perceptual hashes for two images to be the same")
+    p.add_argument("--keep-partial", action="store_true",
+                   help="keep labelled rows whose image or text is unusable (with a placeholder) instead of "
+                        "removing them")
+    p.add_argument("--no-dedup", action="store_true", help="skip near-duplicate detection")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing split files made from a different cleaned set or with other settings "
+                        "(this changes the validation set every later phase reports on)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+# ------------------------------------------------------------------------------------------- inspection
+def inspect_sample(data_dir: Path, guid: str) -> dict:
+    """Everything phase 0 needs to know about one guid's files (no exception escapes)."""
+    import imagehash
+
+    row: dict = {"guid": guid}
+    txt = read_text(data_dir, guid)
+    row.update(text_status=txt.status, text_encoding=txt.encoding, text_repaired=txt.repaired,
+               text_chars=len(txt.raw), text_words=len(txt.raw.split()), text_detail=txt.detail,
+               text_key=dedup_key(txt.raw) if txt.ok else "",
+               text_sha256=hashlib.sha256(txt.raw.encode("utf-8")).hexdigest() if txt.ok else "")
+    img = load_image(data_dir, guid, draft_size=(128, 128))
+    row.update(image_status=img.status, image_file=img.path.name if img.path else "", image_format=img.format,
+               image_mode=img.mode, image_width=img.size[0], image_height=img.size[1],
+               image_ext_mismatch=img.ext_mismatch, image_detail=img.detail,
+               image_bytes=img.path.stat().st_size if img.path and img.path.exists() else 0,
+               image_sha256=file_sha256(img.path) if img.path and img.path.exists() else "",
+               phash=str(imagehash.phash(img.image)) if img.ok else "")
+    return row
+
+
+def sample_problems(row: dict, label: str, source: str, labelled: bool, keep_partial: bool) -> list[Problem]:
+    """Audit records for one inspected sample; marks ``row['usable']``."""
+    out: list[Problem] = []
+    text_ok, image_ok = row["text_status"] == "ok", row["image_status"] == "ok"
+    usable = (text_ok and image_ok) or (keep_partial and (text_ok or image_ok)) or not labelled
+    action = "removed" if not usable else "placeholder"
+    if row["text_status"] == "bad_guid":
+        return out  # already audited by the index reader
+    if not text_ok:
+        out.append(Problem(row["guid"], TEXT_REASONS[row["text_status"]], label, row["text_detail"], action, source))
+    elif row["text_repaired"]:
+        out.append(Problem(row["guid"], "text_repaired", label, row["text_detail"], "repaired", source))
+    elif "replaced" in row["text_detail"]:
+        out.append(Problem(row["guid"], "text_lossy_decode", label, row["text_detail"], "kept", source))
+    if not image_ok:
+        out.append(Problem(row["guid"], IMAGE_REASONS[row["image_status"]], label, row["image_detail"], action,
+                           source))
+    elif row["image_ext_mismatch"]:
+        out.append(Problem(row["guid"], "image_format_mismatch", label, row["image_detail"], "kept", source))
+    row["usable"] = usable
+    return out
+
+
+# ------------------------------------------------------------------------------------------- duplicates
+def _hash_bits(hexes: list[str]) -> np.ndarray:
+    return np.array([[int(b) for b in bin(int(h, 16))[2:].zfill(64)] for h in hexes], dtype=np.float32)
+
+
+def near_duplicate_groups(frame: pd.DataFrame, threshold: int, same_text: bool = True) -> list[list[int]]:
+    """Groups (row positions) of samples whose images are perceptually the same (Hamming distance of their
+    64-bit pHash <= threshold) and, with ``same_text``, whose normalised texts are equal too."""
+    pos = [i for i, h in enumerate(frame["phash"]) if h]
+    if len(pos) < 2:
+        return []
+    bits = _hash_bits([frame["phash"].iloc[i] for i in pos])
+    keys = [frame["text_key"].iloc[i] for i in pos]
+    parent = list(range(len(pos)))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for start in range(0, len(pos), 1024):  # Hamming distances by matrix products, in blocks
+        blk = bits[start:start + 1024]
+        dist = blk @ (1.0 - bits.T) + (1.0 - blk) @ bits.T
+        for a, b in zip(*np.nonzero(dist <= threshold + 0.5)):
+            a += start
+            if a < b and (not same_text or keys[a] == keys[b]):
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(pos)):
+        groups.setdefault(find(i), []).append(pos[i])
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def resolve_duplicates(frame: pd.DataFrame, threshold: int, source: str) -> tuple[set[int], list[Problem]]:
+    """Same-label groups keep their first row; groups with conflicting labels are removed entirely."""
+    drop: set[int] = set()
+    problems: list[Problem] = []
+    for group in near_duplicate_groups(frame, threshold):
+        guids = frame["guid"].iloc[group].tolist()
+        tags = frame["tag"].iloc[group].tolist()
+        if len(set(tags)) == 1:
+            for i, g in zip(group[1:], guids[1:]):
+                drop.add(i)
+                problems.append(Problem(g, "near_duplicate", tags[0],
+                                        f"same image and text as {guids[0]} (kept)", "removed", source))
+        else:
+            detail = "conflicting labels in a duplicate group: " + ", ".join(f"{g}={t}" for g, t in zip(guids, tags))
+            for i, g, t in zip(group, guids, tags):
+                drop.add(i)
+                problems.append(Problem(g, "conflicting_duplicates", t, detail, "removed", source))
+    return drop, problems
+
+
+# -------------------------------------------------------------------------------------------------- main
+def inspect_all(data_dir: Path, guids: list[str], desc: str) -> pd.DataFrame:
+    rows = [inspect_sample(data_dir, g) for g in tqdm(guids, desc=desc, unit="post", disable=None)]
+    return pd.DataFrame(rows)
+
+
+def image_groups(kept: pd.DataFrame, threshold: int) -> list[int]:
+    """A group id per row: posts that share an image (same pHash) get the same id, so a split never puts a
+    reposted image on both sides."""
+    group = list(range(len(kept)))
+    for members in near_duplicate_groups(kept, threshold, same_text=False):
+        for i in members:
+            group[i] = members[0]
+    return group
+
+
+def make_splits(args, work_dir: Path, cleaned: pd.DataFrame, groups: list[int]) -> dict[str, str]:
+    guids, labels = cleaned["guid"].tolist(), cleaned["tag"].tolist()
+    wanted = {"default": stratified_holdout(guids, labels, args.val_ratio, args.seed, groups)}
+    if args.folds:
+        for i, fold in enumerate(stratified_folds(guids, labels, args.folds, args.seed, groups)):
+            wanted[f"cv{args.folds}-{i}"] = fold
+    hashes = {}
+    for name, frame in wanted.items():
+        path = split_path(work_dir, name)
+        if path.is_file() and not args.force:
+            old = load_split(work_dir, name).frame
+            same = (set(old["guid"]) == set(frame["guid"])
+                    and old.set_index("guid")["split"].to_dict() == frame.set_index("guid")["split"].to_dict())
+            if not same:
+                raise cli.UserError(
+                    f"{path} exists and differs from the split these settings produce (a different cleaned set, "
+                    "seed, ratio or folds). Every later phase reports on it, so it is not replaced silently: "
+                    "pass --force to overwrite it, or --work-dir to write elsewhere.")
+        write_split(frame, work_dir, name)
+        hashes[name] = file_sha256(path)
+    return hashes
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+    t0 = time.time()
+    data_root = Path(args.data_root)
+    work_dir = cli.work_dir(args)
+    train_index = args.train_index or data_root / "train.txt"
+    test_index = args.test_index or data_root / "test_without_label.txt"
+    data_dir = args.data_dir or data_root / "data"
+    if not data_dir.is_dir():
+        raise cli.UserError(f"data folder {data_dir} not found: expected {data_root}/data/{{guid}}.jpg and "
+                            f"{{guid}}.txt next to train.txt (see README, 'Dataset layout')")
+    if work_dir.resolve() == data_dir.resolve():
+        raise cli.UserError("--work-dir must not be the data folder itself")
+
+    train = read_index(train_index, labelled=True)
+    problems: list[Problem] = list(train.problems)
+    test = read_index(test_index, labelled=False) if Path(test_index).is_file() else None
+    if test is None:
+        log.warning("no test index at %s: only the labelled rows are checked", test_index)
+    else:
+        problems += test.problems
+        overlap = set(train.guids) & set(test.guids)
+        if overlap:
+            log.warning("%d guids appear in both the labelled and the test index (e.g. %s)",
+                        len(overlap), sorted(overlap)[0])
+            problems += [Problem(g, "train_test_overlap", "", "guid is also in the test index", "kept",
+                                 Path(test_index).name) for g in sorted(overlap)]
+
+    tr = inspect_all(data_dir, train.guids, "phase0: checking labelled posts")
+    tr.insert(1, "source", "train")
+    tr.insert(2, "label", train.rows["tag"].values)
+    src = Path(train_index).name
+    for i, row in tr.iterrows():
+        rec = row.to_dict()
+        problems += sample_problems(rec, rec["label"], src, labelled=True, keep_partial=args.keep_partial)
+        tr.loc[i, "usable"] = rec["usable"]
+    frames = [tr]
+    if test is not None:
+        te = inspect_all(data_dir, test.guids, "phase0: checking test posts")
+        te.insert(1, "source", "test")
+        te.insert(2, "label", "null")
+        for i, row in te.iterrows():
+            rec = row.to_dict()
+            problems += sample_problems(rec, "", Path(test_index).name, labelled=False, keep_partial=True)
+            te.loc[i, "usable"] = True
+        frames.append(te)
+
+    kept = tr[tr["usable"].astype(bool)].reset_index(drop=True).rename(columns={"label": "tag"})
+    n_dups = 0
+    if not args.no_dedup:
+        drop, dup_problems = resolve_duplicates(kept, args.phash_threshold, src)
+        problems += dup_problems
+        n_dups = len(drop)
+        kept = kept.drop(index=sorted(drop)).reset_index(drop=True)
+    if kept.empty:
+        raise cli.UserError(f"no labelled row of {train_index} survived cleaning; see {work_dir / 'data_audit.csv'}")
+
+    inventory = pd.concat(frames, ignore_index=True).drop(columns=["text_key", "usable"])
+    audit = pd.DataFrame([p.as_dict() for p in problems], columns=AUDIT_COLUMNS)
+    cleaned = kept[["guid", "tag"]]
+    write_csv(work_dir / "data_inventory.csv", inventory)
+    write_csv(work_dir / "data_audit.csv", audit)
+    write_text(work_dir / "train_cleaned.txt", "guid,tag\n" + "".join(f"{g},{t}\n" for g, t in cleaned.values))
+    groups = image_groups(kept, args.phash_threshold)
+    split_hashes = make_splits(args, work_dir, cleaned, groups)
+    split = load_split(work_dir, "default")
+
+    removed = audit[audit["action"].isin(["removed", "skipped"]) & (audit["source"] == src)]
+    summary = {
+        "labelled_rows": train.n_data_lines,
+        "kept": int(len(cleaned)),
+        "removed_by_reason": {k: int(v) for k, v in removed["reason"].value_counts().items()},
+        "near_duplicates_removed": n_dups,
+        "image_groups_kept_together": int(len(groups) - len(set(groups))),
+        "test_rows": int(len(test.rows)) if test is not None else 0,
+        "test_rows_with_placeholders": int(audit.loc[(audit["action"] == "placeholder")
+                                                   & (audit["source"] != src), "guid"].nunique()),
+        "label_counts": {lab: int((cleaned["tag"] == lab).sum()) for lab in LABELS},
+        "split_sizes": {"train": len(split.train), "val": len(split.val)},
+        "encodings": {k: int(v) for k, v in inventory["text_encoding"].replace("", "none").value_counts().items()},
+    }
+    manifest = {
+        "data_root": str(data_root.resolve()), "data_dir": str(Path(data_dir).resolve()),
+        "train_index": {"path": str(Path(train_index).resolve()), "sha256": file_sha256(train_index)},
+        "test_index": ({"path": str(Path(test_index).resolve()), "sha256": file_sha256(test_index)}
+                       if test is not None else None),
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "train_cleaned_sha256": file_sha256(work_dir / "train_cleaned.txt"),
+        "splits": split_hashes, "summary": summary,
+        "seconds": round(time.time() - t0, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(work_dir / "phase0_manifest.json", manifest)
+    print_summary(summary, work_dir, manifest["seconds"])
+    return 0
+
+
+def print_summary(s: dict, work_dir: Path, seconds: float) -> None:
+    print(f"\nphase 0 cleaning done in {seconds:.1f}s -> {work_dir}")
+    print(f"  labelled rows read : {s['labelled_rows']}")
+    print(f"  kept               : {s['kept']}  ({', '.join(f'{k} {v}' for k, v in s['label_counts'].items())})")
+    if s["removed_by_reason"]:
+        print("  removed/skipped    : " + ", ".join(f"{k} {v}" for k, v in s["removed_by_reason"].items()))
+    else:
+        print("  removed/skipped    : none")
+    print(f"  test rows          : {s['test_rows']} ({s['test_rows_with_placeholders']} with placeholders)")
+    print(f"  split 'default'    : train {s['split_sizes']['train']}, val {s['split_sizes']['val']}")
+    print(f"  text encodings     : {', '.join(f'{k} {v}' for k, v in s['encodings'].items())}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

@@ -1,0 +1,48 @@
+"""Shared fixtures: synthetic datasets (clean and with every failure kind) and the real data when present."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from msa.synthetic import add_faulty_samples, make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("synthetic"), n_train=90, n_test=15, seed=0)
+
+
+@pytest.fixture(scope="session")
+def faulty_dataset(tmp_path_factory) -> tuple[Path, dict]:
+    root = make_dataset(tmp_path_factory.mktemp("faulty"), n_train=60, n_test=10, seed=3)
+    return root, add_faulty_samples(root)
+
+
+@pytest.fixture()
+def faulty_copy(faulty_dataset, tmp_path) -> tuple[Path, dict]:
+    root, expect = faulty_dataset
+    dst = tmp_path / "data_root"
+    shutil.copytree(root, dst)
+    return dst, expect
+
+
+def real_data_root() -> Path | None:
+    """``$MSA_REAL_DATA`` (set by `make test DATA=...`) or ../shared/mvsa, when it holds train.txt."""
+    for cand in (os.environ.get("MSA_REAL_DATA"), REPO.parent / "shared" / "mvsa"):
+        if cand and (Path(cand) / "train.txt").is_file() and (Path(cand) / "data").is_dir():
+            return Path(cand).resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    root = real_data_root()
+    if root is None:
+        pytest.skip("the real MVSA data (../shared/mvsa) is not present")
+    return root
