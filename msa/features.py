@@ -1,0 +1,273 @@
+"""Frozen-backbone feature cache.
+
+With frozen backbones the expensive part of every experiment is a pure function of (backbone, input), so it
+is computed once and stored::
+
+    <cache>/<backbone key>/<hh>/<content sha256>.safetensors       pooled vector  (D,)        float32
+    <cache>/<backbone key>/<hh>/<content sha256>.tok.safetensors   token/patch sequence (L, D) float16
+
+The backbone key (:meth:`msa.backbones.BackboneInfo.key`) covers the backbone's identity, its weights hash
+and its preprocessing, plus the text normalisation options for text backbones. The content hash is the
+sha256 of the exact string given to the text model, or of the image file's bytes, so a changed file or
+backbone recomputes only what changed. Every entry is written atomically and carries its own key in its
+metadata; an entry that does not load, or whose metadata or shape is wrong, is recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from msa.data import load_image, normalize_text, read_text, validate_guid
+from msa.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "1"
+DEFAULT_CACHE_DIR = Path("cache") / "features"
+PLACEHOLDER_KEY = "placeholder-image-v1"
+TEXT_NORMALISATION = {"url_token": "", "mention_token": "@user", "drop_rt": True, "split_hashtags": True,
+                      "emoji_words": True}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class FeatureSet:
+    """Features of ``guids`` in order: ``pooled[m]`` is (N, D_m); ``tokens[m]`` a list of (L_i, D_m) tensors."""
+
+    guids: list[str]
+    pooled: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    backbones: dict[str, dict] = field(default_factory=dict)  # modality -> BackboneInfo as a dict
+    stats: dict[str, dict] = field(default_factory=dict)  # modality -> {"hits": n, "computed": n, "corrupt": n}
+
+    def padded_tokens(self, modality: str, idx: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad the token sequences of rows ``idx`` into (B, L, D) float32 with a bool mask (B, L)."""
+        seqs = self.tokens[modality]
+        rows = [seqs[i] for i in (range(len(seqs)) if idx is None else idx)]
+        length = max(1, max(int(s.shape[0]) for s in rows))
+        dim = int(rows[0].shape[1])
+        out = torch.zeros(len(rows), length, dim)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, s in enumerate(rows):
+            out[i, : s.shape[0]] = s.float()
+            mask[i, : s.shape[0]] = True
+        return out, mask
+
+
+class FeatureStore:
+    """One backbone's folder of cached entries."""
+
+    def __init__(self, root: str | Path, backbone_key: str, dim: int):
+        self.dir = Path(root) / backbone_key
+        self.backbone_key = backbone_key
+        self.dim = dim
+        self.corrupt = 0
+
+    def path(self, key: str, kind: str = "pooled") -> Path:
+        suffix = ".safetensors" if kind == "pooled" else ".tok.safetensors"
+        return self.dir / key[:2] / f"{key}{suffix}"
+
+    def load(self, key: str, kind: str = "pooled") -> torch.Tensor | None:
+        """The cached tensor, or ``None`` when absent or unusable (corrupt entries are removed)."""
+        path = self.path(key, kind)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensor = fh.get_tensor(kind)
+            ok = (meta.get("key") == key and meta.get("backbone") == self.backbone_key
+                  and meta.get("version") == CACHE_VERSION and tensor.shape[-1] == self.dim
+                  and tensor.dim() == (1 if kind == "pooled" else 2) and bool(torch.isfinite(tensor).all()))
+        except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed
+            log.debug("cache entry %s unreadable: %s", path, exc)
+            ok, tensor = False, None
+        if not ok:
+            self.corrupt += 1
+            log.warning("corrupt cache entry %s: recomputing it", path)
+            path.unlink(missing_ok=True)
+            return None
+        return tensor
+
+    def save(self, key: str, tensor: torch.Tensor, kind: str = "pooled") -> None:
+        path = self.path(key, kind)
+        meta = {"key": key, "backbone": self.backbone_key, "version": CACHE_VERSION}
+        with atomic_path(path) as tmp:
+            save_file({kind: tensor.contiguous()}, str(tmp), metadata=meta)
+
+
+def _text_store_key(info) -> str:
+    norm = _sha(json.dumps(TEXT_NORMALISATION, sort_keys=True).encode())[:8]
+    return f"{info.key()}-n{norm}"
+
+
+def model_text(data_dir: Path, guid: str) -> str:
+    """The exact string the text backbone sees for ``guid`` (empty for a missing/empty text)."""
+    res = read_text(data_dir, guid)
+    return normalize_text(res.raw, **TEXT_NORMALISATION) if res.ok else ""
+
+
+def image_content_key(data_dir: Path, guid: str) -> tuple[str, bytes | None]:
+    """(sha256 of the image file, its bytes), or the placeholder key when there is no readable file."""
+    from msa.data import find_image
+
+    if validate_guid(guid):
+        return PLACEHOLDER_KEY, None
+    path = find_image(data_dir, guid)
+    if path is None:
+        return PLACEHOLDER_KEY, None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return PLACEHOLDER_KEY, None
+    return (_sha(data), data) if data else (PLACEHOLDER_KEY, None)
+
+
+def _decode(data_dir: Path, guid: str, data: bytes | None, size: int) -> Image.Image:
+    """Decode for the backbone: JPEG at a reduced scale (still >= size), placeholders for broken files."""
+    if data is not None:
+        try:
+            img = Image.open(io.BytesIO(data))
+            if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
+                img.draft("RGB", (size, size))
+        except Exception:  # noqa: BLE001 - the robust loader below reports the reason
+            img = None
+        if img is not None:
+            try:
+                from PIL import ImageOps
+
+                from msa.data import to_rgb
+
+                img.load()
+                return to_rgb(ImageOps.exif_transpose(img))
+            except Exception:  # noqa: BLE001
+                pass
+    return load_image(data_dir, guid).image
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@torch.inference_mode()
+def text_features(backbone, texts: list[str], store: FeatureStore, keys: list[str], tokens: bool,
+                  batch_size: int, progress: bool) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
+    n = len(texts)
+    pooled: list[torch.Tensor | None] = [None] * n
+    toks: list[torch.Tensor | None] = [None] * n
+    todo = []
+    for i, key in enumerate(keys):
+        pooled[i] = store.load(key)
+        if tokens and pooled[i] is not None:
+            toks[i] = store.load(key, "tokens")
+        if pooled[i] is None or (tokens and toks[i] is None):
+            todo.append(i)
+    unique: dict[str, list[int]] = {}
+    for i in todo:
+        unique.setdefault(keys[i], []).append(i)
+    order = sorted(unique, key=lambda k: len(texts[unique[k][0]]))  # similar lengths pad less
+    bar = tqdm(total=len(order), desc=f"text features ({backbone.info.name})", unit="text",
+               disable=None if progress else True)
+    for chunk in _batches(order, batch_size):
+        batch = backbone.tokenize([texts[unique[k][0]] for k in chunk])
+        p, t, m = backbone(**batch)
+        for j, key in enumerate(chunk):
+            vec = p[j].float().clone()
+            seq = t[j][m[j]].to(torch.float16).clone() if tokens else None
+            store.save(key, vec)
+            if tokens:
+                store.save(key, seq, "tokens")
+            for i in unique[key]:
+                pooled[i], toks[i] = vec, seq
+        bar.update(len(chunk))
+    bar.close()
+    return pooled, (toks if tokens else None), len(order)
+
+
+@torch.inference_mode()
+def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureStore, tokens: bool,
+                   batch_size: int, progress: bool) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
+    n = len(guids)
+    keyed = [image_content_key(data_dir, g) for g in guids]
+    pooled: list[torch.Tensor | None] = [None] * n
+    toks: list[torch.Tensor | None] = [None] * n
+    unique: dict[str, list[int]] = {}
+    for i, (key, _) in enumerate(keyed):
+        pooled[i] = store.load(key)
+        if tokens and pooled[i] is not None:
+            toks[i] = store.load(key, "tokens")
+        if pooled[i] is None or (tokens and toks[i] is None):
+            unique.setdefault(key, []).append(i)
+    order = list(unique)
+    bar = tqdm(total=len(order), desc=f"image features ({backbone.info.name})", unit="img",
+               disable=None if progress else True)
+    for chunk in _batches(order, batch_size):
+        imgs = []
+        for key in chunk:
+            i = unique[key][0]
+            imgs.append(_decode(data_dir, guids[i], keyed[i][1], backbone.image_size))
+        x = backbone.preprocess(imgs)
+        p, t = backbone(x)
+        for j, key in enumerate(chunk):
+            vec = p[j].float().clone()
+            seq = t[j].to(torch.float16).clone() if tokens else None
+            store.save(key, vec)
+            if tokens:
+                store.save(key, seq, "tokens")
+            for i in unique[key]:
+                pooled[i], toks[i] = vec, seq
+        bar.update(len(chunk))
+    bar.close()
+    return pooled, (toks if tokens else None), len(order)
+
+
+def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=None, image_backbone=None,
+                     cache_dir: str | Path = DEFAULT_CACHE_DIR, tokens: bool = False, batch_size: int = 32,
+                     progress: bool = True) -> FeatureSet:
+    """Pooled (and with ``tokens`` also sequence) features of every guid, from the cache where possible."""
+    data_dir = Path(data_dir)
+    guids = list(guids)
+    fs = FeatureSet(guids=guids)
+    if text_backbone is not None:
+        store = FeatureStore(cache_dir, _text_store_key(text_backbone.info), text_backbone.info.dim)
+        texts = [model_text(data_dir, g) for g in guids]
+        keys = [_sha(t.encode("utf-8")) for t in texts]
+        pooled, toks, computed = text_features(text_backbone, texts, store, keys, tokens, batch_size, progress)
+        fs.pooled["text"] = torch.stack(pooled)
+        if toks is not None:
+            fs.tokens["text"] = toks
+        fs.backbones["text"] = _info_dict(text_backbone.info)
+        fs.stats["text"] = {"computed": computed, "corrupt": store.corrupt, "total": len(guids)}
+    if image_backbone is not None:
+        store = FeatureStore(cache_dir, image_backbone.info.key(), image_backbone.info.dim)
+        pooled, toks, computed = image_features(image_backbone, data_dir, guids, store, tokens, batch_size, progress)
+        fs.pooled["image"] = torch.stack(pooled)
+        if toks is not None:
+            fs.tokens["image"] = toks
+        fs.backbones["image"] = _info_dict(image_backbone.info)
+        fs.stats["image"] = {"computed": computed, "corrupt": store.corrupt, "total": len(guids)}
+    return fs
+
+
+def _info_dict(info) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(info)
+    d["key"] = info.key()
+    return d

@@ -1,0 +1,153 @@
+"""The feature cache: computed once, recomputed only for what changed, corrupt entries never used."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from msa.features import PLACEHOLDER_KEY, FeatureStore, extract_features, image_content_key
+
+
+@dataclass
+class FakeInfo:
+    kind: str
+    name: str
+    dim: int
+    source: str = "fake"
+    weights_sha256: str = "0" * 64
+    preprocessing: dict = field(default_factory=dict)
+    tag: str = "a"
+
+    def key(self) -> str:
+        return f"{self.kind}-{self.name}-{self.tag}"
+
+
+class FakeText(nn.Module):
+    def __init__(self, tag="a"):
+        super().__init__()
+        self.info = FakeInfo("text", "fake_text", 4, tag=tag)
+        self.seen: list[str] = []
+
+    def tokenize(self, texts, max_length=None):
+        self.seen += texts
+        length = max(1, max(len(t) for t in texts))
+        ids = torch.zeros(len(texts), length)
+        mask = torch.zeros(len(texts), length, dtype=torch.long)
+        for i, t in enumerate(texts):
+            ids[i, : len(t)] = torch.tensor([float(ord(c) % 97) for c in t]) if t else torch.zeros(0)
+            mask[i, : max(1, len(t))] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def forward(self, input_ids, attention_mask):
+        tok = torch.stack([input_ids, input_ids * 2, input_ids.sin(), torch.ones_like(input_ids)], -1)
+        m = attention_mask.bool()
+        pooled = (tok * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+        return pooled, tok, m
+
+
+class FakeImage(nn.Module):
+    image_size = 8
+
+    def __init__(self):
+        super().__init__()
+        self.info = FakeInfo("image", "fake_image", 3)
+        self.count = 0
+
+    def preprocess(self, images):
+        self.count += len(images)
+        arrays = [np.asarray(im.convert("RGB").resize((8, 8)), dtype=np.float32) / 255 for im in images]
+        return torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])
+
+    def forward(self, x):
+        return x.mean((2, 3)), x.flatten(2).transpose(1, 2)
+
+
+@pytest.fixture()
+def data(synthetic_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    guids = [str(i) for i in range(1, 41)]
+    return root / "data", guids, tmp_path / "cache"
+
+
+def test_second_run_is_served_from_the_cache(data):
+    data_dir, guids, cache = data
+    tb, ib = FakeText(), FakeImage()
+    a = extract_features(guids, data_dir, tb, ib, cache, progress=False)
+    assert a.stats["text"]["computed"] == len(set(tb.seen)) > 0 and ib.count == a.stats["image"]["computed"] > 0
+    tb2, ib2 = FakeText(), FakeImage()
+    b = extract_features(guids, data_dir, tb2, ib2, cache, progress=False)
+    assert b.stats["text"]["computed"] == 0 and b.stats["image"]["computed"] == 0 and not tb2.seen and not ib2.count
+    for m in ("text", "image"):
+        assert torch.equal(a.pooled[m], b.pooled[m]) and a.pooled[m].shape[0] == len(guids)
+
+
+def test_a_changed_file_recomputes_only_that_entry(data):
+    data_dir, guids, cache = data
+    extract_features(guids, data_dir, FakeText(), FakeImage(), cache, progress=False)
+    (data_dir / "3.txt").write_text("a brand new text", encoding="utf-8")
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(data_dir / "5.jpg")
+    tb, ib = FakeText(), FakeImage()
+    fs = extract_features(guids, data_dir, tb, ib, cache, progress=False)
+    assert tb.seen == ["a brand new text"] and ib.count == 1
+    assert fs.stats["text"]["computed"] == 1 and fs.stats["image"]["computed"] == 1
+
+
+def test_another_backbone_gets_its_own_entries(data):
+    data_dir, guids, cache = data
+    extract_features(guids, data_dir, FakeText("a"), None, cache, progress=False)
+    fs = extract_features(guids, data_dir, FakeText("b"), None, cache, progress=False)
+    assert fs.stats["text"]["computed"] > 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_key", "empty"])
+def test_corrupt_entries_are_recomputed_not_used(data, damage):
+    data_dir, guids, cache = data
+    ref = extract_features(guids, data_dir, None, FakeImage(), cache, progress=False)
+    key, _ = image_content_key(data_dir, guids[0])
+    store = FeatureStore(cache, FakeImage().info.key(), 3)
+    path = store.path(key)
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00" * len(raw))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:  # a valid file stored under another entry's name
+        other, _ = image_content_key(data_dir, guids[1])
+        path.write_bytes(store.path(other).read_bytes())
+    ib = FakeImage()
+    fs = extract_features(guids, data_dir, None, ib, cache, progress=False)
+    assert ib.count == 1 and fs.stats["image"]["corrupt"] == 1
+    assert torch.equal(fs.pooled["image"], ref.pooled["image"])
+
+
+def test_tokens_are_stored_and_padded(data):
+    data_dir, guids, cache = data
+    fs = extract_features(guids[:5], data_dir, FakeText(), FakeImage(), cache, tokens=True, progress=False)
+    x, mask = fs.padded_tokens("text")
+    assert x.shape[:2] == mask.shape and x.shape[0] == 5 and x.shape[2] == 4
+    assert [int(m.sum()) for m in mask] == [t.shape[0] for t in fs.tokens["text"]]
+    assert fs.tokens["image"][0].shape == (64, 3)
+    again = extract_features(guids[:5], data_dir, FakeText(), FakeImage(), cache, tokens=True, progress=False)
+    assert again.stats["text"]["computed"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(fs.tokens["text"], again.tokens["text"]))
+
+
+def test_broken_and_missing_images_share_the_placeholder_entry(data):
+    data_dir, guids, cache = data
+    (data_dir / "7.jpg").write_bytes(b"")
+    (data_dir / "8.jpg").unlink()
+    assert image_content_key(data_dir, "7")[0] == image_content_key(data_dir, "8")[0] == PLACEHOLDER_KEY
+    ib = FakeImage()
+    fs = extract_features(["7", "8", "../x"], data_dir, FakeText(), ib, cache, progress=False)
+    assert ib.count == 1 and torch.equal(fs.pooled["image"][0], fs.pooled["image"][1])
+    assert fs.pooled["text"].shape == (3, 4)
