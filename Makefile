@@ -3,11 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= dataset/
-# Extra flags for phase 0's cleaner, e.g. make run PHASE0_ARGS="--val-ratio 0.15 --force"
+# Extra flags per phase, e.g. make run PHASE0_ARGS="--val-ratio 0.15 --force" PHASE1_ARGS="--num-epochs 20"
 PHASE0_ARGS ?=
+PHASE1_ARGS ?=
+SEEDS  ?= 42,43,44
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run phase0 test lint clean help
+.PHONY: setup run phase0 phase1 predict test lint clean help
 
 help:
 	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
@@ -22,11 +24,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-run: setup phase0
+run: setup phase0 phase1 predict
 
 phase0: setup
 	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(PHASE0_ARGS)
 	$(PY) phase0/data_analysis.py --data-root $(DATA)
+
+phase1: setup
+	$(PY) phase1/main.py --data-root $(DATA) --seeds $(SEEDS) $(PHASE1_ARGS)
+
+predict: setup
+	$(PY) phase4/predict_test.py --data-root $(DATA)
 
 lint: setup
 	$(VENV)/bin/ruff check .

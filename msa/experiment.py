@@ -1,0 +1,118 @@
+"""One training run from resolved settings to a self-describing run folder; shared by every training phase.
+
+:func:`load_labelled` reads phase 0's cleaned index and persisted split, :func:`labelled_features` gets the
+cached features, :func:`train_run` trains one seed and writes ``config.json``, ``history.csv``,
+``metrics.json``, ``val_predictions.csv``, ``checkpoint/`` and its figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from msa import cli
+from msa.data import LABEL2ID, LABELS, read_index
+from msa.features import DEFAULT_CACHE_DIR, TEXT_NORMALISATION, FeatureSet, extract_features
+from msa.io import write_csv, write_json
+from msa.splits import Split, load_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Labelled:
+    guids: list[str]
+    labels: np.ndarray  # int ids in LABELS order
+    split: Split
+    train_idx: list[int]
+    val_idx: list[int]
+
+
+def load_labelled(work_dir: Path, split_name: str = "default") -> Labelled:
+    cleaned = work_dir / "train_cleaned.txt"
+    if not cleaned.is_file():
+        raise cli.UserError(f"{cleaned} not found: run phase 0 first (python phase0/data_cleaner.py --data-root DATA)")
+    index = read_index(cleaned)
+    split = load_split(work_dir, split_name)
+    side = split.frame.set_index("guid")["split"].to_dict()
+    unknown = [g for g in index.guids if g not in side]
+    if unknown:
+        raise cli.UserError(f"{len(unknown)} cleaned guids (e.g. {unknown[0]}) are not in split {split.path}: "
+                            "rerun phase 0 with --force so the split matches the cleaned index")
+    guids = index.guids
+    labels = np.array([LABEL2ID[t] for t in index.rows["tag"]])
+    train_idx = [i for i, g in enumerate(guids) if side[g] == "train"]
+    val_idx = [i for i, g in enumerate(guids) if side[g] == "val"]
+    return Labelled(guids, labels, split, train_idx, val_idx)
+
+
+def load_backbones(text: str | None, image: str | None, text_pooling: str | None = None):
+    from msa.backbones import image_backbone, text_backbone
+
+    return (text_backbone(text, text_pooling) if text else None), (image_backbone(image) if image else None)
+
+
+def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache_dir: Path = DEFAULT_CACHE_DIR,
+                      tokens: bool = False, batch_size: int = 32) -> FeatureSet:
+    fs = extract_features(guids, data_dir, text_bb, image_bb, cache_dir, tokens=tokens, batch_size=batch_size)
+    for m, s in fs.stats.items():
+        log.info("%s features: %d of %d computed, rest from cache %s", m, s["computed"], s["total"], cache_dir)
+    return fs
+
+
+def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, loss: str, train_cfg, hidden: int,
+              dropout: float, args_record: dict, loss_kw: dict | None = None, progress: bool = True) -> dict:
+    """Train one model and write its run folder; returns the fit result plus ``metrics``."""
+    import torch
+
+    from msa.fusions import FUSIONS, ModalitySpec, MultimodalClassifier
+    from msa.losses import build_loss
+    from msa.plots import confusion_matrix, training_curves
+    from msa.trainer import FeatureDataset, fit, seed_everything
+
+    t0 = time.time()
+    modalities = list(fs.pooled)
+    needs_tokens = getattr(FUSIONS[fusion], "requires_tokens", False)
+    token_mods = [m for m in modalities if m in fs.tokens] if needs_tokens else []
+    specs = [ModalitySpec(m, int(fs.pooled[m].shape[1]), m in token_mods) for m in modalities]
+    seed_everything(train_cfg.seed)
+    model = MultimodalClassifier(specs, fusion, num_outputs=len(LABELS), hidden=hidden, dropout=dropout)
+    counts = np.bincount(data.labels[data.train_idx], minlength=len(LABELS)).tolist()
+    loss_fn = build_loss(loss, class_counts=counts, **(loss_kw or {}))
+    train_ds = FeatureDataset(fs, data.train_idx, data.labels[data.train_idx], modalities, token_mods)
+    val_ds = FeatureDataset(fs, data.val_idx, data.labels[data.val_idx], modalities, token_mods)
+    config = {
+        "arguments": args_record, "train": train_cfg.as_dict(), "fusion": fusion, "loss": loss,
+        "loss_kw": loss_kw or {}, "labels": list(LABELS), "label2id": LABEL2ID,
+        "split": {"name": data.split.name, "path": str(data.split.path), "sha256": data.split.sha256,
+                  "train": len(data.train_idx), "val": len(data.val_idx)},
+        "backbones": fs.backbones, "text_normalisation": TEXT_NORMALISATION, "seed": train_cfg.seed,
+        "train_class_counts": counts, "torch": torch.__version__,
+    }
+    ckpt_config = {"model": model.config(), "labels": list(LABELS), "backbones": fs.backbones,
+                   "text_normalisation": TEXT_NORMALISATION, "token_modalities": token_mods}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+    result = fit(model, loss_fn, train_ds, val_ds, train_cfg, LABELS, run_dir=run_dir,
+                 checkpoint_config=ckpt_config, progress=progress)
+    metrics = dict(result["best_metrics"] or {})
+    metrics.update(best_epoch=result["best_epoch"], epochs_run=len(result["history"]),
+                   seconds=round(time.time() - t0, 2))
+    write_json(run_dir / "metrics.json", metrics)
+    proba, index = result["val_proba"], result["val_index"]
+    preds = pd.DataFrame({"guid": [fs.guids[i] for i in index], "label": [LABELS[data.labels[i]] for i in index],
+                          "pred": [LABELS[k] for k in proba.argmax(1)]})
+    for k, lab in enumerate(LABELS):
+        preds[f"p_{lab}"] = proba[:, k].round(6)
+    write_csv(run_dir / "val_predictions.csv", preds)
+    training_curves(result["history"], run_dir / "figures" / "training_curves.png", title=run_dir.name)
+    if "confusion_matrix" in metrics:
+        confusion_matrix(metrics["confusion_matrix"], LABELS, run_dir / "figures" / "confusion_matrix.png",
+                         title=f"{run_dir.name} (val)")
+    result["metrics"] = metrics
+    return result

@@ -1,0 +1,465 @@
+"""Fusion heads: per-modality projections, one fusion from the registry, a classification/regression head.
+
+A model is ``modality features -> projection per modality -> fusion -> head``. Inputs arrive as dicts keyed by
+modality name, so nothing here assumes exactly ``text`` and ``image`` (``side``, ``audio``, ``vision`` work the
+same way):
+
+* ``feats[name]``: the pooled vector, ``(B, D_m)`` (always given);
+* ``tokens[name]``: optionally the token sequence, ``(B, L_m, D_m)`` (text token states, image patch grid);
+* ``masks[name]``: optionally a bool mask ``(B, L_m)`` for that sequence, ``True`` = real token, ``False`` = pad.
+
+:class:`MultimodalClassifier` projects each modality with ``Linear(D_m, hidden) + LayerNorm + GELU + Dropout``
+(the same projection is applied to the pooled vector and to the token sequence of that modality), hands the
+projected tensors to a :class:`Fusion` picked by name from :data:`FUSIONS`, and maps the fused vector to
+``num_outputs`` with a two-layer MLP (3 logits for MVSA; ``num_outputs=1`` for the regression tasks).
+
+Fusions (names as in the seed reports; "combine" there is ``add`` here):
+
+* ``concat``: concatenation of the projected modality vectors (out_dim = M * hidden);
+* ``add``: element-wise sum of the projected modality vectors (hidden);
+* ``attention``: a learned score per modality vector, softmax over modalities, weighted sum (hidden);
+* ``attention_concat``: self-attention across the M modality vectors (+ residual, LayerNorm), then
+  concatenation of the attended vectors (M * hidden);
+* ``attention_add``: the same self-attention, then the sum of the attended vectors (hidden);
+* ``encoder``: TransformerEncoder over one token per modality (+ learned modality-type embeddings, optional
+  CLS token), pooled by the CLS token or the mean (hidden);
+* ``cross_attention`` (seed 002): the query modality's tokens (image patches, or its pooled vector as one
+  query) attend to the key modality's token sequence (text) under its padding mask; the pooled result is
+  joined with the pooled key vector and the other modalities' pooled vectors (M * hidden).
+
+Every fusion except ``cross_attention`` also accepts a single modality (the "retrained unimodal" ablation);
+``cross_attention`` needs its query and key modalities. Fusion-specific hyper-parameters (``heads``,
+``layers``, ``query``, ``key``, ...) are keyword arguments of the fusion class; ``inspect.signature`` of a class
+in :data:`FUSIONS` lists them, and an unknown one is a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from msa.cli import UserError
+
+__all__ = [
+    "FUSIONS",
+    "FUSION_NAMES",
+    "AddFusion",
+    "AttentionAddFusion",
+    "AttentionConcatFusion",
+    "AttentionFusion",
+    "ConcatFusion",
+    "ConfigError",
+    "CrossAttentionFusion",
+    "EncoderFusion",
+    "Fusion",
+    "ModalitySpec",
+    "MultimodalClassifier",
+]
+
+
+class ConfigError(UserError, ValueError):
+    """A bad model/loss configuration: a ``ValueError`` in library code, a one-line ``error:`` in a CLI."""
+
+
+@dataclass
+class ModalitySpec:
+    """One input modality: its ``name`` (dict key), feature ``dim`` and whether the fusion gets token sequences."""
+
+    name: str
+    dim: int
+    tokens: bool = False  # True when the fusion gets (B, L, dim) sequences (+ masks) for this modality
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ConfigError(f"modality name must be a plain identifier, got {self.name!r}")
+        if int(self.dim) != self.dim or self.dim < 1:
+            raise ConfigError(f"modality {self.name!r}: dim must be a positive integer, got {self.dim!r}")
+        self.dim = int(self.dim)
+        self.tokens = bool(self.tokens)
+
+    @classmethod
+    def coerce(cls, spec: ModalitySpec | dict) -> ModalitySpec:
+        if isinstance(spec, ModalitySpec):
+            return spec
+        if isinstance(spec, dict):
+            return cls(**spec)
+        raise ConfigError(f"a modality spec must be a ModalitySpec or a dict, got {type(spec).__name__}")
+
+
+def _check_heads(hidden: int, heads: int) -> None:
+    if heads < 1 or hidden % heads:
+        raise ConfigError(f"hidden size {hidden} is not divisible by heads={heads}")
+
+
+def _accepted(cls: type) -> list[str]:
+    """The keyword-only hyper-parameters of a fusion class (``heads``, ``query``, ...)."""
+    return sorted(n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY)
+
+
+def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``x`` (B, L, H) over L, counting only positions where ``mask`` (B, L) is True."""
+    if mask is None:
+        return x.mean(dim=1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+# ------------------------------------------------------------------------------------------------ fusions
+
+
+class Fusion(nn.Module):
+    """Base class: fuses projected modality tensors (all of width ``hidden``) into one ``(B, out_dim)`` vector.
+
+    ``forward(feats, tokens, masks)`` receives the *projected* pooled vectors ``feats[name]`` ``(B, hidden)``
+    and, for modalities whose spec has ``tokens=True``, the projected sequences ``tokens[name]``
+    ``(B, L, hidden)`` with bool masks ``masks[name]`` ``(B, L)`` (True = real token). Modalities are used in
+    the order of ``specs``.
+    """
+
+    requires_tokens: ClassVar[bool] = False
+    min_modalities: ClassVar[int] = 1
+    out_dim: int
+
+    def __init__(self, specs: list[ModalitySpec], hidden: int, dropout: float, **kw):
+        super().__init__()
+        if kw:  # subclasses consume their own keywords; anything left is unknown
+            raise ConfigError(f"fusion {type(self).__name__} does not take {sorted(kw)}; "
+                              f"it accepts {_accepted(type(self)) or 'no extra arguments'}")
+        self.specs = [ModalitySpec.coerce(s) for s in specs]
+        self.names = [s.name for s in self.specs]
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError(f"duplicate modality names: {self.names}")
+        if len(self.specs) < self.min_modalities:
+            raise ConfigError(f"fusion {type(self).__name__} needs at least {self.min_modalities} modalities, "
+                              f"got {self.names}")
+        if hidden < 1:
+            raise ConfigError(f"hidden must be positive, got {hidden}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        self.hidden = int(hidden)
+        self.dropout = float(dropout)
+        self.out_dim = self.hidden
+
+    def stack(self, feats: dict[str, Tensor]) -> Tensor:
+        """The projected pooled vectors as one ``(B, M, hidden)`` tensor, in spec order."""
+        return torch.stack([feats[n] for n in self.names], dim=1)
+
+    def forward(self, feats: dict[str, Tensor], tokens: dict[str, Tensor] | None = None,
+                masks: dict[str, Tensor] | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class ConcatFusion(Fusion):
+    """``concat``: the projected modality vectors side by side, ``[h_1; ...; h_M]`` (out_dim = M * hidden)."""
+
+    def __init__(self, specs, hidden, dropout, **kw):
+        super().__init__(specs, hidden, dropout, **kw)
+        self.out_dim = len(self.names) * self.hidden
+
+    def forward(self, feats, tokens=None, masks=None):
+        return torch.cat([feats[n] for n in self.names], dim=-1)
+
+
+class AddFusion(Fusion):
+    """``add`` (the seeds' "combine"): element-wise sum ``h_1 + ... + h_M`` (out_dim = hidden)."""
+
+    def forward(self, feats, tokens=None, masks=None):
+        return self.stack(feats).sum(dim=1)
+
+
+class AttentionFusion(Fusion):
+    """``attention``: modality-level attention pooling (out_dim = hidden).
+
+    Each projected modality vector gets a learned score ``s_m = w^T tanh(W h_m + b)``; the weights
+    ``a = softmax_m(s)`` mix the vectors: ``sum_m a_m h_m``. The modalities do not interact beyond competing
+    for weight, which is why the seed report found it the weakest fusion on MVSA.
+    """
+
+    def __init__(self, specs, hidden, dropout, **kw):
+        super().__init__(specs, hidden, dropout, **kw)
+        self.score = nn.Sequential(nn.Linear(self.hidden, self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1))
+
+    def weights(self, feats: dict[str, Tensor]) -> Tensor:
+        """Attention weights over modalities, ``(B, M)`` in spec order."""
+        return torch.softmax(self.score(self.stack(feats)).squeeze(-1), dim=1)
+
+    def forward(self, feats, tokens=None, masks=None):
+        x = self.stack(feats)
+        a = torch.softmax(self.score(x).squeeze(-1), dim=1)
+        return (a.unsqueeze(-1) * x).sum(dim=1)
+
+
+class _ModalitySelfAttention(Fusion):
+    """Self-attention across the stacked modality vectors: ``Z = LayerNorm(X + Dropout(MHA(X, X, X)))``.
+
+    ``X`` is ``(B, M, hidden)``, one row per modality; every modality attends to every modality (itself
+    included), so each attended vector carries information from the others while the residual keeps its own.
+    """
+
+    def __init__(self, specs, hidden, dropout, *, heads: int = 4, **kw):
+        super().__init__(specs, hidden, dropout, **kw)
+        _check_heads(self.hidden, heads)
+        self.heads = heads
+        self.attn = nn.MultiheadAttention(self.hidden, heads, dropout=self.dropout, batch_first=True)
+        self.drop = nn.Dropout(self.dropout)
+        self.norm = nn.LayerNorm(self.hidden)
+
+    def attend(self, feats: dict[str, Tensor]) -> Tensor:
+        x = self.stack(feats)
+        a, _ = self.attn(x, x, x, need_weights=False)
+        return self.norm(x + self.drop(a))
+
+
+class AttentionConcatFusion(_ModalitySelfAttention):
+    """``attention_concat`` (seed 001's "Attention+Concat"): self-attention across modalities, then concat.
+
+    ``Z = LayerNorm(X + MHA(X, X, X))`` over ``X = [h_1, ..., h_M]`` ``(B, M, hidden)``; output
+    ``[z_1; ...; z_M]`` (out_dim = M * hidden). Keyword: ``heads`` (default 4, must divide hidden).
+    """
+
+    def __init__(self, specs, hidden, dropout, *, heads: int = 4, **kw):
+        super().__init__(specs, hidden, dropout, heads=heads, **kw)
+        self.out_dim = len(self.names) * self.hidden
+
+    def forward(self, feats, tokens=None, masks=None):
+        return self.attend(feats).flatten(1)
+
+
+class AttentionAddFusion(_ModalitySelfAttention):
+    """``attention_add`` (seed 001's "Attention+Combine"): self-attention across modalities, then sum.
+
+    ``Z = LayerNorm(X + MHA(X, X, X))`` as in ``attention_concat``; output ``z_1 + ... + z_M``
+    (out_dim = hidden). Keyword: ``heads`` (default 4, must divide hidden).
+    """
+
+    def forward(self, feats, tokens=None, masks=None):
+        return self.attend(feats).sum(dim=1)
+
+
+class EncoderFusion(Fusion):
+    """``encoder``: a small TransformerEncoder over the modality tokens (out_dim = hidden).
+
+    The sequence is ``[CLS] + [h_m + e_m]_m`` where ``e_m`` is a learned modality-type embedding (so the
+    encoder knows which row is which modality) and ``[CLS]`` a learned token; the output is the encoded CLS
+    token, or the mean of the encoded modality tokens with ``cls=False``.
+    Keywords: ``heads`` (4), ``layers`` (1), ``ff_mult`` (feed-forward width = ff_mult * hidden, 2),
+    ``cls`` (True).
+    """
+
+    def __init__(self, specs, hidden, dropout, *, heads: int = 4, layers: int = 1, ff_mult: int = 2,
+                 cls: bool = True, **kw):
+        super().__init__(specs, hidden, dropout, **kw)
+        _check_heads(self.hidden, heads)
+        if layers < 1 or ff_mult < 1:
+            raise ConfigError(f"encoder fusion needs layers >= 1 and ff_mult >= 1, got {layers}, {ff_mult}")
+        self.use_cls = bool(cls)
+        self.type_emb = nn.Parameter(torch.randn(len(self.names), self.hidden) * 0.02)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, self.hidden) * 0.02) if self.use_cls else None
+        layer = nn.TransformerEncoderLayer(self.hidden, heads, dim_feedforward=ff_mult * self.hidden,
+                                           dropout=self.dropout, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, feats, tokens=None, masks=None):
+        x = self.stack(feats) + self.type_emb.unsqueeze(0)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        z = self.encoder(x)
+        return z[:, 0] if self.cls_token is not None else z.mean(dim=1)
+
+
+class CrossAttentionFusion(Fusion):
+    """``cross_attention`` (seed 002's visual-guided attention): the query modality attends to the key modality.
+
+    With ``query="image"``, ``key="text"`` (the defaults): ``Q`` = the image's projected patch tokens
+    ``(B, Lq, hidden)``, or its pooled vector as a single query ``(B, 1, hidden)`` when no image tokens are
+    given; ``K = V`` = the projected text token sequence ``(B, Lk, hidden)``, with ``key_padding_mask`` from
+    the text mask so padded text positions get no attention.
+    ``A = LayerNorm(Q + Dropout(MHA(Q, K, V)))``, pooled by the (masked) mean over query positions, and the
+    output is ``[pool(A); t; other pooled modalities in spec order]`` where ``t`` is the pooled text vector
+    (out_dim = M * hidden: one slot for the attended query, one for the key, one per other modality).
+
+    The key modality's token sequence is required (``requires_tokens``): its spec must have ``tokens=True``
+    and ``forward`` raises :class:`ConfigError` when ``tokens[key]`` is missing. A sample whose key mask is
+    all False attends to nothing (its attention output is zero). Keywords: ``query`` ("image"),
+    ``key`` ("text"), ``heads`` (4, must divide hidden).
+
+    Note: seed 002's prose makes the image the query and the text the key/value; its code does the
+    opposite. This follows the prose (and DESIGN.md); ``query="text", key="image"`` gives the code's variant
+    when image tokens are available.
+    """
+
+    requires_tokens: ClassVar[bool] = True
+    min_modalities: ClassVar[int] = 2
+
+    def __init__(self, specs, hidden, dropout, *, query: str = "image", key: str = "text", heads: int = 4,
+                 **kw):
+        super().__init__(specs, hidden, dropout, **kw)
+        if query == key:
+            raise ConfigError(f"cross_attention needs two different modalities, got query=key={query!r}")
+        for role, name in (("query", query), ("key", key)):
+            if name not in self.names:
+                raise ConfigError(f"cross_attention {role} modality {name!r} is not among the modalities "
+                                  f"{self.names}")
+        key_spec = self.specs[self.names.index(key)]
+        if not key_spec.tokens:
+            raise ConfigError(f"cross_attention attends over the token sequence of {key!r}: give it "
+                              f"ModalitySpec(name={key!r}, ..., tokens=True) and pass its tokens and mask")
+        _check_heads(self.hidden, heads)
+        self.query, self.key, self.heads = query, key, heads
+        self.others = [n for n in self.names if n not in (query, key)]
+        self.attn = nn.MultiheadAttention(self.hidden, heads, dropout=self.dropout, batch_first=True)
+        self.drop = nn.Dropout(self.dropout)
+        self.norm = nn.LayerNorm(self.hidden)
+        self.out_dim = (2 + len(self.others)) * self.hidden
+
+    def forward(self, feats, tokens=None, masks=None):
+        tokens, masks = tokens or {}, masks or {}
+        if self.key not in tokens:
+            raise ConfigError(f"cross_attention needs the token sequence of {self.key!r} "
+                              f"(tokens[{self.key!r}], shape (B, L, dim)); got tokens for {sorted(tokens)}")
+        kv = tokens[self.key]
+        key_mask = masks.get(self.key)
+        if self.query in tokens:
+            q, q_mask = tokens[self.query], masks.get(self.query)
+        else:
+            q, q_mask = feats[self.query].unsqueeze(1), None
+        pad = None
+        empty = None
+        if key_mask is not None:
+            key_mask = key_mask.to(torch.bool)
+            empty = ~key_mask.any(dim=1)  # rows with no real key token: attend to everything, then zero out
+            pad = ~key_mask & ~empty.unsqueeze(1)
+        a, _ = self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)
+        if empty is not None:
+            a = a.masked_fill(empty.view(-1, 1, 1), 0.0)
+        attended = _masked_mean(self.norm(q + self.drop(a)), q_mask)
+        return torch.cat([attended, feats[self.key]] + [feats[n] for n in self.others], dim=-1)
+
+
+FUSIONS: dict[str, type[Fusion]] = {
+    "concat": ConcatFusion,
+    "add": AddFusion,
+    "attention": AttentionFusion,
+    "attention_concat": AttentionConcatFusion,
+    "attention_add": AttentionAddFusion,
+    "encoder": EncoderFusion,
+    "cross_attention": CrossAttentionFusion,
+}
+FUSION_NAMES = tuple(FUSIONS)
+
+
+# --------------------------------------------------------------------------------------------- the model
+
+
+class MultimodalClassifier(nn.Module):
+    """Per-modality projections + one fusion from :data:`FUSIONS` + an MLP head.
+
+    ``specs``: list of :class:`ModalitySpec` (or their dicts, as in :meth:`config`); ``fusion``: a registry
+    name; ``num_outputs``: 3 logits for the MVSA classes, 1 for regression; ``fusion_kw``: that fusion's
+    keywords (``heads``, ``query``, ...). ``MultimodalClassifier(**model.config())`` rebuilds the same
+    architecture, so a checkpoint is ``config()`` as JSON + the state dict.
+    """
+
+    def __init__(self, specs: list[ModalitySpec | dict], fusion: str, num_outputs: int = 3, hidden: int = 256,
+                 dropout: float = 0.1, **fusion_kw: Any):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
+        if num_outputs < 1:
+            raise ConfigError(f"num_outputs must be >= 1, got {num_outputs}")
+        self.specs = [ModalitySpec.coerce(s) for s in specs]
+        if not self.specs:
+            raise ConfigError("a model needs at least one modality")
+        self.names = [s.name for s in self.specs]
+        self.fusion_name = fusion
+        self.num_outputs = int(num_outputs)
+        self.hidden = int(hidden)
+        self.dropout_p = float(dropout)
+        self.fusion_kw = dict(fusion_kw)
+        self.fusion = FUSIONS[fusion](self.specs, self.hidden, self.dropout_p, **self.fusion_kw)
+        self.proj = nn.ModuleDict({
+            s.name: nn.Sequential(nn.Linear(s.dim, self.hidden), nn.LayerNorm(self.hidden), nn.GELU(),
+                                  nn.Dropout(self.dropout_p))
+            for s in self.specs
+        })
+        self.head = nn.Sequential(nn.Linear(self.fusion.out_dim, self.hidden), nn.GELU(),
+                                  nn.Dropout(self.dropout_p), nn.Linear(self.hidden, self.num_outputs))
+
+    @property
+    def requires_tokens(self) -> bool:
+        return self.fusion.requires_tokens
+
+    @property
+    def token_modalities(self) -> list[str]:
+        """Modalities whose token sequences the model uses (spec ``tokens=True``)."""
+        return [s.name for s in self.specs if s.tokens]
+
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments: ``MultimodalClassifier(**cfg)`` rebuilds this model."""
+        return {"specs": [asdict(s) for s in self.specs], "fusion": self.fusion_name,
+                "num_outputs": self.num_outputs, "hidden": self.hidden, "dropout": self.dropout_p,
+                **self.fusion_kw}
+
+    @staticmethod
+    def _factor(value: float | Tensor, like: Tensor) -> Tensor | float:
+        if not torch.is_tensor(value):
+            return float(value)
+        value = value.to(device=like.device, dtype=like.dtype)
+        if value.dim() == 0:
+            return value
+        return value.reshape(value.shape[0], *([1] * (like.dim() - 1)))  # per-sample factor (B,) / (B, 1)
+
+    def project(self, feats: dict[str, Tensor], tokens: dict[str, Tensor] | None = None,
+                masks: dict[str, Tensor] | None = None,
+                modality_mask: dict[str, float | Tensor] | None = None):
+        """Projected ``(feats, tokens, masks)`` as the fusion sees them (``modality_mask`` applied)."""
+        missing = [n for n in self.names if n not in feats]
+        if missing:
+            raise ConfigError(f"missing features for modalities {missing}; got {sorted(feats)}")
+        modality_mask = modality_mask or {}
+        unknown = sorted(set(modality_mask) - set(self.names))
+        if unknown:
+            raise ConfigError(f"modality_mask names unknown modalities {unknown}; the model has {self.names}")
+        tokens, masks = tokens or {}, masks or {}
+        p_feats, p_tokens, p_masks = {}, {}, {}
+        for spec in self.specs:
+            n = spec.name
+            x = feats[n]
+            if x.dim() != 2 or x.shape[-1] != spec.dim:
+                raise ConfigError(f"features of {n!r} must be (B, {spec.dim}), got {tuple(x.shape)}")
+            p_feats[n] = self.proj[n](x)
+            if spec.tokens and n in tokens:
+                t = tokens[n]
+                if t.dim() != 3 or t.shape[-1] != spec.dim or t.shape[0] != x.shape[0]:
+                    raise ConfigError(f"tokens of {n!r} must be (B={x.shape[0]}, L, {spec.dim}), "
+                                      f"got {tuple(t.shape)}")
+                p_tokens[n] = self.proj[n](t)
+                if n in masks and masks[n] is not None:
+                    m = masks[n]
+                    if tuple(m.shape) != tuple(t.shape[:2]):
+                        raise ConfigError(f"mask of {n!r} must be {tuple(t.shape[:2])}, got {tuple(m.shape)}")
+                    p_masks[n] = m.to(torch.bool)
+            if n in modality_mask:
+                p_feats[n] = p_feats[n] * self._factor(modality_mask[n], p_feats[n])
+                if n in p_tokens:
+                    p_tokens[n] = p_tokens[n] * self._factor(modality_mask[n], p_tokens[n])
+        return p_feats, p_tokens, p_masks
+
+    def fuse(self, feats, tokens=None, masks=None, modality_mask=None) -> Tensor:
+        """The fused representation ``(B, fusion.out_dim)`` before the head (for probes and plots)."""
+        return self.fusion(*self.project(feats, tokens, masks, modality_mask))
+
+    def forward(self, feats: dict[str, Tensor], tokens: dict[str, Tensor] | None = None,
+                masks: dict[str, Tensor] | None = None,
+                modality_mask: dict[str, float | Tensor] | None = None) -> Tensor:
+        """Logits ``(B, num_outputs)``.
+
+        ``modality_mask`` maps a modality name to a factor (float, 0-d tensor or per-sample ``(B,)`` tensor)
+        that multiplies its projected features and tokens: ``{"image": 0.0}`` drops the image at inference
+        (the masking ablation of phase 5).
+        """
+        return self.head(self.fuse(feats, tokens, masks, modality_mask))

@@ -1,0 +1,199 @@
+"""Evaluation metrics: classification (MVSA), calibration, regression (MOSI/MOSEI-style) and multi-seed summaries.
+
+* :func:`classification_metrics`: accuracy, weighted/macro F1, per-class F1 (``f1_neutral`` matters most here),
+  weighted precision/recall, the confusion matrix and, given probabilities, the expected calibration error.
+* :func:`expected_calibration_error`: ECE with equal-width confidence bins (Guo et al., 2017).
+* :func:`regression_metrics`: the MMSA metric set for sentiment scores in [-3, 3].
+* :func:`summarise_runs`: mean and sample standard deviation of every scalar metric over runs (seeds).
+
+All functions take plain sequences or numpy arrays (or CPU tensors) and return plain Python numbers and lists,
+so the results go straight into ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from numbers import Real
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+__all__ = [
+    "DEFAULT_LABELS",
+    "classification_metrics",
+    "expected_calibration_error",
+    "regression_metrics",
+    "summarise_runs",
+]
+
+DEFAULT_LABELS = ("negative", "neutral", "positive")
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _label_indices(y, labels: Sequence[str], what: str) -> np.ndarray:
+    """Class indices from class indices (ints, or integral floats) or label strings."""
+    arr = _to_numpy(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind in "USO" and all(isinstance(v, str) for v in arr.tolist()):
+        index = {lab: i for i, lab in enumerate(labels)}
+        unknown = sorted(set(arr.tolist()) - set(index))
+        if unknown:
+            raise ValueError(f"{what} holds labels {unknown} that are not in {list(labels)}")
+        return np.array([index[v] for v in arr.tolist()], dtype=np.int64)
+    bad = ValueError(f"{what} must be class indices in [0, {len(labels) - 1}] or label strings from {list(labels)}")
+    try:
+        idx = arr.astype(np.int64)
+    except (TypeError, ValueError):
+        raise bad from None
+    if not np.array_equal(idx, arr.astype(np.float64)) or (idx.size and (idx.min() < 0 or idx.max() >= len(labels))):
+        raise bad
+    return idx
+
+
+def expected_calibration_error(proba, y_true, n_bins: int = 15) -> float:
+    """Expected calibration error over ``n_bins`` equal-width bins of the max probability.
+
+    ``ECE = sum_b (n_b / N) * |accuracy_b - mean confidence_b|`` where a sample's confidence is its largest
+    probability, its prediction the arg-max, and bin ``b`` holds confidences in ``(b/n_bins, (b+1)/n_bins]``
+    (a confidence of exactly 0 falls in the first bin). ``y_true`` are class indices.
+    """
+    p = _to_numpy(proba).astype(np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"proba must be (N, C), got shape {p.shape}")
+    y = _to_numpy(y_true).astype(np.int64)
+    if y.shape[0] != p.shape[0]:
+        raise ValueError(f"proba has {p.shape[0]} rows but y_true has {y.shape[0]} entries")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if p.shape[0] == 0:
+        return float("nan")
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def classification_metrics(y_true, y_pred, proba=None, labels: Sequence[str] = DEFAULT_LABELS) -> dict:
+    """Metrics of a classification run (``y_true``/``y_pred`` as class indices or label strings).
+
+    Returns ``accuracy``, ``weighted_f1``, ``macro_f1``, ``f1_<label>`` for every label, ``weighted_precision``,
+    ``weighted_recall``, ``confusion_matrix`` (nested list, rows = true class, columns = predicted class, in
+    ``labels`` order), ``labels`` and ``n``; with ``proba`` ``(N, C)`` also ``ece`` (15 bins, computed from the
+    probabilities' own arg-max). Classes absent from both ``y_true`` and ``y_pred`` score 0 (sklearn's
+    ``zero_division=0``) and still count in the macro F1.
+    """
+    labels = tuple(labels)
+    yt = _label_indices(y_true, labels, "y_true")
+    yp = _label_indices(y_pred, labels, "y_pred")
+    if yt.shape != yp.shape:
+        raise ValueError(f"y_true has {yt.shape[0]} entries but y_pred has {yp.shape[0]}")
+    if yt.size == 0:
+        raise ValueError("no samples to evaluate")
+    idx = list(range(len(labels)))
+    out: dict = {"n": int(yt.size), "accuracy": float(accuracy_score(yt, yp))}
+    out["weighted_f1"] = float(f1_score(yt, yp, labels=idx, average="weighted", zero_division=0))
+    out["macro_f1"] = float(f1_score(yt, yp, labels=idx, average="macro", zero_division=0))
+    per_class = f1_score(yt, yp, labels=idx, average=None, zero_division=0)
+    for lab, f in zip(labels, per_class):
+        out[f"f1_{lab}"] = float(f)
+    prec, rec, _, _ = precision_recall_fscore_support(yt, yp, labels=idx, average="weighted", zero_division=0)
+    out["weighted_precision"] = float(prec)
+    out["weighted_recall"] = float(rec)
+    out["confusion_matrix"] = confusion_matrix(yt, yp, labels=idx).tolist()
+    out["labels"] = list(labels)
+    if proba is not None:
+        p = _to_numpy(proba)
+        if p.ndim != 2 or p.shape != (yt.size, len(labels)):
+            raise ValueError(f"proba must be (N={yt.size}, C={len(labels)}), got shape {p.shape}")
+        out["ece"] = expected_calibration_error(p, yt, n_bins=15)
+    return out
+
+
+def _multiclass_acc(pred: np.ndarray, true: np.ndarray) -> float:
+    return float(np.mean(np.round(pred) == np.round(true)))
+
+
+def regression_metrics(y_true, y_pred) -> dict:
+    """The MMSA metric set for MOSI/MOSEI-style sentiment scores (labels in [-3, 3]).
+
+    * ``mae``: mean absolute error; ``corr``: Pearson correlation (NaN when either side is constant);
+    * ``acc2_has0`` / ``f1_has0``: non-negative (>= 0) vs negative (< 0), over all samples;
+    * ``acc2_non0`` / ``f1_non0``: positive (> 0) vs negative (< 0), over the samples whose *true* score is
+      not 0 (a prediction of exactly 0 counts as negative, as in MMSA);
+    * ``acc5`` / ``acc7``: prediction and truth clipped to [-2, 2] / [-3, 3] and rounded to the nearest
+      integer (numpy's round-half-to-even, as in MMSA), then compared: 5 resp. 7 classes.
+
+    F1 scores are sklearn's support-weighted F1 of the two binary classes, as MMSA reports them. ``n`` and
+    ``n_non0`` give the sample counts. CH-SIMS (labels in [-1, 1], interval bins) needs other thresholds and
+    is not covered here.
+    """
+    yt = _to_numpy(y_true).astype(np.float64).reshape(-1)
+    yp = _to_numpy(y_pred).astype(np.float64).reshape(-1)
+    if yt.shape != yp.shape:
+        raise ValueError(f"y_true has {yt.size} entries but y_pred has {yp.size}")
+    if yt.size == 0:
+        raise ValueError("no samples to evaluate")
+    if not (np.isfinite(yt).all() and np.isfinite(yp).all()):
+        raise ValueError("regression targets and predictions must be finite")
+    out: dict = {"n": int(yt.size), "mae": float(np.mean(np.abs(yp - yt)))}
+    if yt.size < 2 or np.ptp(yt) == 0 or np.ptp(yp) == 0:
+        out["corr"] = float("nan")
+    else:
+        out["corr"] = float(np.corrcoef(yp, yt)[0, 1])
+    t_has0, p_has0 = yt >= 0, yp >= 0
+    out["acc2_has0"] = float(accuracy_score(t_has0, p_has0))
+    out["f1_has0"] = float(f1_score(t_has0, p_has0, average="weighted", zero_division=0))
+    nz = yt != 0
+    out["n_non0"] = int(nz.sum())
+    if nz.any():
+        t_non0, p_non0 = yt[nz] > 0, yp[nz] > 0
+        out["acc2_non0"] = float(accuracy_score(t_non0, p_non0))
+        out["f1_non0"] = float(f1_score(t_non0, p_non0, average="weighted", zero_division=0))
+    else:
+        out["acc2_non0"] = out["f1_non0"] = float("nan")
+    out["acc5"] = _multiclass_acc(np.clip(yp, -2.0, 2.0), np.clip(yt, -2.0, 2.0))
+    out["acc7"] = _multiclass_acc(np.clip(yp, -3.0, 3.0), np.clip(yt, -3.0, 3.0))
+    return out
+
+
+def _is_scalar(v) -> bool:
+    return isinstance(v, (Real, np.number)) and not isinstance(v, (bool, np.bool_))
+
+
+def summarise_runs(runs: Iterable[Mapping]) -> dict:
+    """Mean and standard deviation over runs (e.g. seeds) of every scalar metric.
+
+    Returns ``{metric: {"mean": m, "std": s, "n": k}}`` for every key whose value is a number (bools and
+    non-scalars such as the confusion matrix are skipped). ``std`` is the sample standard deviation (ddof=1),
+    0.0 for a single run; ``n`` counts the runs that have the metric. NaNs propagate (an undefined metric in
+    one run makes its mean NaN), so nothing is averaged over silently dropped runs.
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("summarise_runs needs at least one run")
+    keys: list[str] = []
+    for run in runs:
+        for key, value in run.items():
+            if _is_scalar(value) and key not in keys:
+                keys.append(key)
+    summary: dict = {}
+    for key in keys:
+        values = np.array([float(run[key]) for run in runs if key in run and _is_scalar(run[key])])
+        mean = float(values.mean())
+        std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        if math.isnan(mean):
+            std = float("nan")
+        summary[key] = {"mean": mean, "std": std, "n": int(values.size)}
+    return summary

@@ -1,0 +1,222 @@
+"""Training core: heads on cached features, AdamW + warm-up schedule, early stopping on validation weighted F1.
+
+Accelerate places model and batches (CPU, one GPU, several GPUs under ``accelerate launch``, mixed precision).
+Every epoch appends to ``history.csv``; every improvement rewrites the best checkpoint atomically, so a crash
+loses at most the current epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from msa.checkpoint import save_checkpoint
+from msa.features import FeatureSet
+from msa.io import write_csv
+
+log = logging.getLogger(__name__)
+SCHEDULERS = ("cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    num_epochs: int = 30
+    batch_size: int = 64
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"
+    patience: int = 6
+    grad_clip: float = 1.0
+    seed: int = 42
+    mixed_precision: str = "no"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class FeatureDataset(Dataset):
+    """Rows ``indices`` of a :class:`FeatureSet` with integer labels; optional token sequences."""
+
+    def __init__(self, features: FeatureSet, indices: Sequence[int], labels: Sequence[int] | None,
+                 modalities: Sequence[str], tokens: Sequence[str] = ()):
+        self.fs, self.indices = features, list(indices)
+        self.labels = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
+        self.modalities, self.token_modalities = list(modalities), list(tokens)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        j = self.indices[i]
+        item = {"index": j, "feats": {m: self.fs.pooled[m][j] for m in self.modalities},
+                "tokens": {m: self.fs.tokens[m][j] for m in self.token_modalities}}
+        item["label"] = int(self.labels[i]) if self.labels is not None else -1
+        return item
+
+
+def collate(batch: list[dict]) -> dict:
+    out = {"index": torch.tensor([b["index"] for b in batch]),
+           "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
+           "feats": {m: torch.stack([b["feats"][m] for b in batch]).float() for m in batch[0]["feats"]},
+           "tokens": {}, "masks": {}}
+    for m in batch[0]["tokens"]:
+        seqs = [b["tokens"][m] for b in batch]
+        length = max(1, max(int(s.shape[0]) for s in seqs))
+        x = torch.zeros(len(seqs), length, int(seqs[0].shape[1]))
+        mask = torch.zeros(len(seqs), length, dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            x[i, : s.shape[0]] = s.float()
+            mask[i, : s.shape[0]] = True
+        out["tokens"][m], out["masks"][m] = x, mask
+    return out
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen,
+                      num_workers=0, drop_last=False)
+
+
+def _forward(model, batch: dict) -> torch.Tensor:
+    return model(batch["feats"], tokens=batch["tokens"] or None, masks=batch["masks"] or None)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def predict_proba(model, loader: DataLoader, accelerator=None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and dataset indices for every row of ``loader`` (gathered across processes)."""
+    model.eval()
+    probs, idx = [], []
+    for batch in loader:
+        p = torch.softmax(_forward(model, batch).float(), dim=-1)
+        if accelerator is not None:
+            p, i = accelerator.gather_for_metrics((p, batch["index"]))
+        else:
+            i = batch["index"]
+        probs.append(p.cpu())
+        idx.append(i.cpu())
+    if not probs:
+        return np.zeros((0, 0)), np.zeros(0, dtype=int)
+    return torch.cat(probs).numpy(), torch.cat(idx).numpy()
+
+
+def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
+        labels: Sequence[str], run_dir: str | Path | None = None, checkpoint_config: dict | None = None,
+        progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train with early stopping on validation weighted F1; returns history, best metrics and val predictions.
+
+    With ``run_dir``, ``history.csv`` is rewritten each epoch and ``checkpoint/`` each time validation
+    weighted F1 improves (the model's best state is also restored into ``model`` at the end).
+    """
+    from accelerate import Accelerator
+
+    from msa.metrics import classification_metrics
+
+    if cfg.scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}")
+    seed_everything(cfg.seed)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed)
+    val_loader = make_loader(val_ds, max(cfg.batch_size, 256), False, cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    total = max(1, cfg.num_epochs * math.ceil(len(train_ds) / cfg.batch_size))
+    scheduler = make_scheduler(optimizer, cfg, total)
+    model, optimizer, train_loader, val_loader, scheduler = acc.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    loss_fn = loss_fn.to(acc.device)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    y_val = val_ds.labels.numpy() if getattr(val_ds, "labels", None) is not None else None
+
+    history: list[dict] = []
+    best = {"score": -1.0, "epoch": -1, "state": None, "metrics": None, "proba": None, "index": None}
+    stale = 0
+    bar = tqdm(range(1, cfg.num_epochs + 1), desc="epochs", unit="epoch", disable=None if progress else True)
+    for epoch in bar:
+        model.train()
+        loss_fn.train()
+        t0, total_loss, seen = time.time(), 0.0, 0
+        for batch in train_loader:
+            optimizer.zero_grad(set_to_none=True)
+            with acc.autocast():
+                loss = loss_fn(_forward(model, batch), batch["label"])
+            acc.backward(loss)
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * len(batch["label"])
+            seen += len(batch["label"])
+        loss_fn.eval()
+        proba, index = predict_proba(model, val_loader, acc)
+        order = np.argsort(index)
+        proba, index = proba[order], index[order]
+        row = {"epoch": epoch, "train_loss": total_loss / max(1, seen), "lr": scheduler.get_last_lr()[0],
+               "seconds": round(time.time() - t0, 3)}
+        if y_val is not None and len(proba):
+            with torch.no_grad():
+                val_loss = float(loss_fn(torch.log(torch.from_numpy(proba).clamp_min(1e-12)).to(acc.device),
+                                         torch.from_numpy(y_val).to(acc.device)))
+            m = classification_metrics(y_val, proba.argmax(1), proba, labels=tuple(labels))
+            row.update(val_loss=val_loss, **{k: v for k, v in m.items() if isinstance(v, (int, float))})
+            score = m["weighted_f1"]
+        else:
+            m, score = {}, -row["train_loss"]
+        history.append(row)
+        if run_dir is not None and acc.is_main_process:
+            write_csv(run_dir / "history.csv", pd.DataFrame(history))
+        if score > best["score"] + 1e-6:
+            stale = 0
+            unwrapped = acc.unwrap_model(model)
+            best.update(score=score, epoch=epoch, metrics=m, proba=proba, index=index,
+                        state={k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()})
+            if run_dir is not None and checkpoint_config is not None and acc.is_main_process:
+                save_checkpoint(run_dir / "checkpoint", unwrapped, checkpoint_config)
+        else:
+            stale += 1
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", wf1=f"{row.get('weighted_f1', float('nan')):.3f}")
+        if on_epoch is not None:
+            on_epoch(row)
+        if cfg.patience and stale >= cfg.patience:
+            log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
+            break
+    bar.close()
+    model = acc.unwrap_model(model)
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    return {"history": history, "best_epoch": best["epoch"], "best_metrics": best["metrics"],
+            "val_proba": best["proba"], "val_index": best["index"], "model": model}

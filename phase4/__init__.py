@@ -1,0 +1,1 @@
+"""Phase 4: hard samples, captions, fine-tuning and prediction."""

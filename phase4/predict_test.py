@@ -1,0 +1,127 @@
+"""Predict the unlabelled test posts and write predict.txt (guid,tag).
+
+Run from the repository root:
+
+    python phase4/predict_test.py --data-root dataset/
+    python phase4/predict_test.py --checkpoint phase1/results/Phase1_Baseline-s42/checkpoint \\
+        --test-file dataset/test_without_label.txt --data-root dataset/ --output predict.txt
+
+Reads  a checkpoint folder (default: phase4/results/best/checkpoint, else phase3's, else phase1's best,
+       else the newest phase*/results/*/checkpoint), the test index and <data-root>/data/* (through the feature cache)
+Writes --output (default predict.txt at the repository root): a 'guid,tag' header, then one row per test guid
+       in the test file's order; guids with a broken image or text still get a prediction (placeholders)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from msa import cli  # noqa: E402
+
+log = logging.getLogger("phase4.predict")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--data-root", type=Path, default=Path("dataset"), help="dataset root holding data/")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="checkpoint folder (default: the first of phase4/, phase3/, phase1/results/best/checkpoint "
+                        "that exists, else the newest run's)")
+    p.add_argument("--test-file", type=Path, default=None,
+                   help="test index guid,tag (default <data-root>/test_without_label.txt)")
+    p.add_argument("--output", type=Path, default=REPO / "predict.txt", help="where guid,tag predictions go")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size of the frozen backbones")
+    p.add_argument("--probabilities", type=Path, default=None,
+                   help="optional CSV with guid, predicted tag and the three probabilities")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def default_checkpoint() -> Path:
+    for phase in ("phase4", "phase3", "phase1"):
+        best = REPO / phase / "results" / "best" / "checkpoint"
+        if (best / "model.safetensors").is_file():
+            return best
+    found = sorted(REPO.glob("phase*/results/*/checkpoint/model.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise cli.UserError("no trained model found: train one first (python phase1/main.py --data-root DATA), "
+                            "or pass --checkpoint DIR")
+    return found[-1].parent
+
+
+def backbones_for(config: dict):
+    """Rebuild the backbones a checkpoint was trained on and refuse any whose weights differ."""
+    from msa.backbones import image_backbone, text_backbone
+
+    built = {}
+    for modality, loader in (("text", text_backbone), ("image", image_backbone)):
+        info = config.get("backbones", {}).get(modality)
+        if info is None:
+            built[modality] = None
+            continue
+        pre = info.get("preprocessing", {})
+        kw = {"pooling": pre.get("pooling"), "max_length": pre.get("max_length")} if modality == "text" else {}
+        bb = loader(info["name"], **{k: v for k, v in kw.items() if v})
+        if bb.info.weights_sha256 != info["weights_sha256"] or bb.info.key() != info["key"]:
+            raise cli.UserError(
+                f"the checkpoint was trained on {modality} backbone {info['name']} with weights "
+                f"{info['weights_sha256'][:12]}, but what loads under that name now has "
+                f"{bb.info.weights_sha256[:12]} (or different preprocessing): its features would not match")
+        built[modality] = bb
+    return built["text"], built["image"]
+
+
+def main(argv=None) -> int:
+    import pandas as pd
+    import torch
+
+    from msa.checkpoint import load_checkpoint
+    from msa.data import LABELS, read_index
+    from msa.features import TEXT_NORMALISATION, extract_features
+    from msa.io import write_csv, write_text
+    from msa.trainer import FeatureDataset, make_loader, predict_proba
+
+    args = build_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+    ckpt = args.checkpoint or default_checkpoint()
+    model, config = load_checkpoint(ckpt)
+    if list(config.get("labels", [])) != list(LABELS):
+        raise cli.UserError(f"{ckpt} predicts labels {config.get('labels')}, this project uses {list(LABELS)}")
+    if config.get("text_normalisation", TEXT_NORMALISATION) != TEXT_NORMALISATION:
+        raise cli.UserError(f"{ckpt} was trained with another text normalisation; retrain it with this version")
+    test_file = args.test_file or Path(args.data_root) / "test_without_label.txt"
+    test = read_index(test_file, labelled=False)
+    for p in test.problems:
+        log.warning("%s: %s %s (%s)", test_file, p.reason, p.guid, p.detail)
+    tb, ib = backbones_for(config)
+    token_mods = config.get("token_modalities", [])
+    fs = extract_features(test.guids, Path(args.data_root) / "data", tb, ib, args.cache_dir,
+                          tokens=bool(token_mods), batch_size=args.batch_size)
+    modalities = [m for m in ("text", "image") if m in fs.pooled]
+    ds = FeatureDataset(fs, range(len(test.guids)), None, modalities, token_mods)
+    with torch.no_grad():
+        proba, index = predict_proba(model, make_loader(ds, 256, False, 0))
+    order = index.argsort()
+    proba = proba[order]
+    tags = [LABELS[k] for k in proba.argmax(1)]
+    assert len(tags) == len(test.guids)
+    out = write_text(args.output, "guid,tag\n" + "".join(f"{g},{t}\n" for g, t in zip(test.guids, tags)))
+    if args.probabilities:
+        frame = pd.DataFrame({"guid": test.guids, "tag": tags})
+        for k, lab in enumerate(LABELS):
+            frame[f"p_{lab}"] = proba[:, k].round(6)
+        write_csv(args.probabilities, frame)
+    counts = pd.Series(tags).value_counts().reindex(LABELS, fill_value=0)
+    print(f"{len(tags)} predictions from {ckpt} -> {out} "
+          f"({', '.join(f'{lab} {n}' for lab, n in counts.items())})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

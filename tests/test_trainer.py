@@ -1,0 +1,95 @@
+"""Trainer and checkpoints on random features: learning, early stopping, determinism, atomic checkpoints."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from msa.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+from msa.cli import UserError
+from msa.data import LABELS
+from msa.features import FeatureSet
+from msa.fusions import ModalitySpec, MultimodalClassifier
+from msa.losses import build_loss
+from msa.trainer import FeatureDataset, TrainConfig, fit, make_loader, predict_proba
+
+
+def _features(n=240, seed=0, tokens=False):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    centers_t, centers_i = torch.randn(3, 12, generator=g) * 2, torch.randn(3, 10, generator=g) * 2
+    fs = FeatureSet(guids=[str(i) for i in range(n)])
+    fs.pooled["text"] = centers_t[y] + torch.randn(n, 12, generator=g) * 1.5
+    fs.pooled["image"] = centers_i[y] + torch.randn(n, 10, generator=g) * 1.5
+    if tokens:
+        fs.tokens["text"] = [centers_t[y[i]] + torch.randn(int(3 + i % 5), 12, generator=g) for i in range(n)]
+    return fs, y.numpy()
+
+
+def _setup(fusion="concat", tokens=False, seed=0):
+    fs, y = _features(tokens=tokens)
+    tr, va = list(range(0, 180)), list(range(180, 240))
+    tok = ["text"] if tokens else []
+    specs = [ModalitySpec("text", 12, tokens), ModalitySpec("image", 10)]
+    torch.manual_seed(seed)
+    model = MultimodalClassifier(specs, fusion, hidden=32, dropout=0.1)
+    train = FeatureDataset(fs, tr, y[tr], ["text", "image"], tok)
+    val = FeatureDataset(fs, va, y[va], ["text", "image"], tok)
+    return model, train, val
+
+
+@pytest.mark.parametrize("fusion, tokens", [("concat", False), ("attention_add", False), ("cross_attention", True)])
+def test_fit_learns_and_writes_history_and_checkpoint(tmp_path, fusion, tokens):
+    model, train, val = _setup(fusion, tokens)
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=8, batch_size=32, patience=0, seed=1)
+    ck = {"model": model.config(), "labels": list(LABELS), "backbones": {}}
+    res = fit(model, build_loss("ce"), train, val, cfg, LABELS, run_dir=tmp_path, checkpoint_config=ck,
+              progress=False)
+    assert res["best_metrics"]["weighted_f1"] > 0.8
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert len(hist) == 8 and {"train_loss", "val_loss", "weighted_f1", "f1_neutral", "ece", "lr"} <= set(hist.columns)
+    assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
+    best = int(hist["weighted_f1"].idxmax())
+    assert res["best_epoch"] == hist["epoch"].iloc[best]
+    # the checkpoint holds the best epoch, and rebuilds from its folder alone
+    loaded, cfg_loaded = load_checkpoint(tmp_path / "checkpoint")
+    p1, _ = predict_proba(loaded, make_loader(val, 64, False, 0))
+    p2, _ = predict_proba(res["model"], make_loader(val, 64, False, 0))
+    assert torch.allclose(torch.from_numpy(p1), torch.from_numpy(p2), atol=1e-6)
+    assert cfg_loaded["labels"] == list(LABELS)
+
+
+def test_same_seed_same_metrics_on_cpu():
+    runs = []
+    for _ in range(2):
+        model, train, val = _setup(seed=3)
+        cfg = TrainConfig(num_epochs=3, batch_size=16, seed=5, patience=0)
+        runs.append(fit(model, build_loss("weighted_ce", class_counts=[60, 30, 90]), train, val, cfg, LABELS,
+                        progress=False)["history"])
+    for a, b in zip(*runs):
+        assert a["train_loss"] == b["train_loss"] and a["weighted_f1"] == b["weighted_f1"]
+
+
+def test_early_stopping_stops():
+    model, train, val = _setup()
+    cfg = TrainConfig(learning_rate=0.0, num_epochs=20, patience=2, warmup_ratio=0.0)  # nothing can improve
+    res = fit(model, build_loss("ce"), train, val, cfg, LABELS, progress=False)
+    assert len(res["history"]) == 3 and res["best_epoch"] == 1
+
+
+def test_checkpoint_is_replaced_atomically_and_damage_is_reported(tmp_path):
+    model, _, _ = _setup()
+    d = tmp_path / "ck"
+    save_checkpoint(d, model, {"model": model.config(), "labels": list(LABELS)})
+    save_checkpoint(d, model, {"model": model.config(), "labels": list(LABELS), "v": 2})
+    assert read_checkpoint_config(d)["v"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary folder left behind
+    (d / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="could not be loaded"):
+        load_checkpoint(d)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="lacks model.safetensors"):
+        load_checkpoint(d)
+    with pytest.raises(UserError, match="missing or incomplete"):
+        load_checkpoint(tmp_path / "nowhere")
