@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-backbone", default="efficientnet_lite0", help="image backbone name or folder")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--tokens", action="store_true", help="also store token/patch sequences")
+    p.add_argument("--compare", action="store_true",
+                   help="also time the image backbone in eager PyTorch (no onnxruntime) in the same run")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args(argv)
     if args.threads:
@@ -44,6 +46,14 @@ def main(argv=None) -> int:
         extract_features(guids, args.data_root / "data", tb, None, cache, tokens=args.tokens,
                          batch_size=args.batch_size, progress=False)
         t_text = time.perf_counter() - t1
+        if args.compare:
+            with tempfile.TemporaryDirectory() as eager_cache:
+                t = time.perf_counter()
+                extract_features(guids, args.data_root / "data", None, ib, eager_cache, tokens=args.tokens,
+                                 batch_size=args.batch_size, progress=False, accelerate=False)
+                t_eager = time.perf_counter() - t
+            print(f"image {len(guids)} in eager PyTorch {t_eager:.2f}s ({1000 * t_eager / len(guids):.1f} ms/image); "
+                  f"pairs_per_s without onnxruntime {len(guids) / (t_text + t_eager):.1f}")
         t2 = time.perf_counter()
         extract_features(guids, args.data_root / "data", None, ib, cache, tokens=args.tokens,
                          batch_size=args.batch_size, progress=False)
@@ -55,7 +65,7 @@ def main(argv=None) -> int:
     total = t_text + t_image
     print(f"backbones loaded in {t_load:.1f}s; torch threads {torch.get_num_threads()}")
     print(f"text  {len(guids)} in {t_text:.2f}s ({1000 * t_text / len(guids):.1f} ms/text)")
-    print(f"image {len(guids)} in {t_image:.2f}s ({1000 * t_image / len(guids):.1f} ms/image)")
+    print(f"image {len(guids)} in onnxruntime {t_image:.2f}s ({1000 * t_image / len(guids):.1f} ms/image)")
     print(f"warm cache reload {t_warm:.2f}s")
     print(f"pairs_per_s={len(guids) / total:.1f}")
     return 0

@@ -202,7 +202,8 @@ def text_features(backbone, texts: list[str], store: FeatureStore, keys: list[st
 
 @torch.inference_mode()
 def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureStore, tokens: bool,
-                   batch_size: int, progress: bool) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
+                   batch_size: int, progress: bool, cache_dir: Path | None = None
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
     n = len(guids)
     keyed = [image_content_key(data_dir, g) for g in guids]
     pooled: list[torch.Tensor | None] = [None] * n
@@ -215,6 +216,11 @@ def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureSto
         if pooled[i] is None or (tokens and toks[i] is None):
             unique.setdefault(key, []).append(i)
     order = list(unique)
+    forward = backbone
+    if order and cache_dir is not None:
+        from msa.onnx_accel import fast_image_forward
+
+        forward = fast_image_forward(backbone, cache_dir)
     bar = tqdm(total=len(order), desc=f"image features ({backbone.info.name})", unit="img",
                disable=None if progress else True)
     for chunk in _batches(order, batch_size):
@@ -223,7 +229,7 @@ def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureSto
             i = unique[key][0]
             imgs.append(_decode(data_dir, guids[i], keyed[i][1], backbone.image_size))
         x = backbone.preprocess(imgs)
-        p, t = backbone(x)
+        p, t = forward(x)
         for j, key in enumerate(chunk):
             vec = p[j].float().clone()
             seq = t[j].to(torch.float16).clone() if tokens else None
@@ -239,8 +245,10 @@ def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureSto
 
 def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=None, image_backbone=None,
                      cache_dir: str | Path = DEFAULT_CACHE_DIR, tokens: bool = False, batch_size: int = 32,
-                     progress: bool = True) -> FeatureSet:
-    """Pooled (and with ``tokens`` also sequence) features of every guid, from the cache where possible."""
+                     progress: bool = True, accelerate: bool = True) -> FeatureSet:
+    """Pooled (and with ``tokens`` also sequence) features of every guid, from the cache where possible.
+
+    ``accelerate`` runs CNN image backbones in onnxruntime on the CPU (:mod:`msa.onnx_accel`)."""
     data_dir = Path(data_dir)
     guids = list(guids)
     fs = FeatureSet(guids=guids)
@@ -256,7 +264,8 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
         fs.stats["text"] = {"computed": computed, "corrupt": store.corrupt, "total": len(guids)}
     if image_backbone is not None:
         store = FeatureStore(cache_dir, image_backbone.info.key(), image_backbone.info.dim)
-        pooled, toks, computed = image_features(image_backbone, data_dir, guids, store, tokens, batch_size, progress)
+        pooled, toks, computed = image_features(image_backbone, data_dir, guids, store, tokens, batch_size, progress,
+                                                Path(cache_dir) if accelerate else None)
         fs.pooled["image"] = torch.stack(pooled)
         if toks is not None:
             fs.tokens["image"] = toks

@@ -151,3 +151,17 @@ def test_broken_and_missing_images_share_the_placeholder_entry(data):
     fs = extract_features(["7", "8", "../x"], data_dir, FakeText(), ib, cache, progress=False)
     assert ib.count == 1 and torch.equal(fs.pooled["image"][0], fs.pooled["image"][1])
     assert fs.pooled["text"].shape == (3, 4)
+
+
+def test_onnxruntime_features_match_pytorch(synthetic_root, tmp_path):
+    from msa.backbones import image_backbone
+
+    ib = image_backbone("efficientnet_lite0")
+    guids = [str(i) for i in range(1, 9)]
+    eager = extract_features(guids, synthetic_root / "data", None, ib, tmp_path / "a", tokens=True,
+                             progress=False, accelerate=False)
+    fast = extract_features(guids, synthetic_root / "data", None, ib, tmp_path / "b", tokens=True,
+                            progress=False, accelerate=True)
+    assert list((tmp_path / "b" / "onnx").glob("*.onnx")), "the onnxruntime path was not taken"
+    assert torch.allclose(eager.pooled["image"], fast.pooled["image"], atol=1e-3)
+    assert torch.allclose(eager.tokens["image"][0].float(), fast.tokens["image"][0].float(), atol=1e-2)

@@ -1,0 +1,74 @@
+"""ONNX Runtime for frozen CNN image backbones on the CPU.
+
+On this project's 2-core CPU machines EfficientNet-Lite0 runs about 2.5x faster in onnxruntime than in eager
+PyTorch (7.5 vs 20 ms per image at batch 32, outputs equal to ~3e-5). The exported graph is cached next to the
+features (``<cache>/onnx/<backbone key>.onnx``, written atomically) and rebuilt if it does not load. Anything
+that goes wrong falls back to PyTorch with a warning; on a GPU PyTorch is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from msa.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class _Wrapper(torch.nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, pixel_values):
+        return self.backbone(pixel_values)
+
+
+def _export(backbone, path: Path) -> None:
+    import warnings
+
+    x = torch.zeros(2, 3, backbone.image_size, backbone.image_size)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Wrapper(backbone).eval(), (x,), str(tmp), input_names=["pixel_values"],
+                          output_names=["pooled", "patches"], opset_version=17, dynamo=False,
+                          dynamic_axes={"pixel_values": {0: "batch"}, "pooled": {0: "batch"},
+                                        "patches": {0: "batch"}})
+
+
+def fast_image_forward(backbone, cache_dir: str | Path) -> Callable[[torch.Tensor], tuple]:
+    """A function ``pixel_values -> (pooled, patches)`` equal to ``backbone(...)``, in onnxruntime when possible."""
+    from msa.backbones import TimmImageBackbone
+
+    if not isinstance(backbone, TimmImageBackbone) or next(backbone.parameters()).device.type != "cpu":
+        return backbone
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return backbone
+    path = Path(cache_dir) / "onnx" / f"{backbone.info.key()}.onnx"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, torch.get_num_threads())
+    opts.log_severity_level = 3
+    for attempt in range(2):
+        try:
+            if not path.is_file():
+                _export(backbone, path)
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            break
+        except Exception as exc:  # noqa: BLE001 - fall back to PyTorch, or re-export a damaged file once
+            log.debug("onnxruntime attempt %d failed: %s", attempt, exc)
+            path.unlink(missing_ok=True)
+    else:
+        log.warning("onnxruntime unavailable for %s: using PyTorch", backbone.info.name)
+        return backbone
+
+    def run(pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, patches = session.run(None, {"pixel_values": pixel_values.float().contiguous().numpy()})
+        return torch.from_numpy(pooled), torch.from_numpy(patches)
+
+    return run
