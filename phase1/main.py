@@ -4,7 +4,7 @@ Run from the repository root after phase 0:
 
     python phase1/main.py --data-root dataset/
     python phase1/main.py --name Phase1_Baseline --feature_fusion concat --loss_type ce \\
-        --learning_rate 1e-3 --dropout 0.1 --num_epochs 30 --seeds 42,43,44
+        --learning_rate 1e-4 --dropout 0.3 --num_epochs 30 --seeds 42,43,44
     python phase1/main.py --preset configs/seed_bert_swinv2.json      # the seed's BERT + SwinV2 folders
 
 Reads  <work-dir>/train_cleaned.txt and splits/<split>.csv (phase 0), <data-root>/data/* (through the
@@ -31,7 +31,7 @@ log = logging.getLogger("phase1")
 PHASE_DIR = Path(__file__).resolve().parent
 DEFAULTS = {
     "text_backbone": "minilm", "text_pooling": None, "image_backbone": "efficientnet_lite0",
-    "feature_fusion": "concat", "loss_type": "ce", "learning_rate": 1e-3, "weight_decay": 0.01, "dropout": 0.1,
+    "feature_fusion": "concat", "loss_type": "ce", "learning_rate": 1e-4, "weight_decay": 0.01, "dropout": 0.3,
     "num_epochs": 30, "batch_size": 64, "hidden": 256, "warmup_ratio": 0.1, "scheduler": "cosine", "patience": 6,
 }
 
@@ -58,9 +58,9 @@ def build_parser() -> cli.ArgumentParser:
                    help=f"fusion of the modality features (default {DEFAULTS['feature_fusion']})")
     m.add_argument("--loss-type", default=None, choices=sorted(LOSSES), help="training loss (default ce)")
     m.add_argument("--hidden", type=int, default=None, help="projection width per modality (default 256)")
-    m.add_argument("--dropout", type=float, default=None, help="dropout in projections and head (default 0.1)")
+    m.add_argument("--dropout", type=float, default=None, help="dropout in projections and head (default 0.3)")
     t = p.add_argument_group("training")
-    t.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default 1e-3)")
+    t.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default 1e-4)")
     t.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0.01)")
     t.add_argument("--num-epochs", type=int, default=None, help="maximum epochs (default 30)")
     t.add_argument("--batch-size", type=int, default=None, help="batch size (default 64)")
@@ -183,9 +183,12 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 
 def logistic_probe(fs, data) -> dict:
-    """Reference: multinomial logistic regression on the standardised, concatenated pooled features."""
+    """Reference: multinomial logistic regression on the standardised, concatenated pooled features, its
+    regularisation chosen by 5-fold cross-validation on the training split (deterministic: no seed)."""
+    import warnings
+
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -193,10 +196,15 @@ def logistic_probe(fs, data) -> dict:
     from msa.metrics import classification_metrics
 
     x = np.concatenate([fs.pooled[m].numpy() for m in fs.pooled], axis=1)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
-    clf.fit(x[data.train_idx], data.labels[data.train_idx])
+    clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], cv=5,
+                                                               scoring="f1_weighted", max_iter=3000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's FutureWarnings about its own defaults
+        clf.fit(x[data.train_idx], data.labels[data.train_idx])
     proba = clf.predict_proba(x[data.val_idx])
-    return classification_metrics(data.labels[data.val_idx], proba.argmax(1), proba, labels=LABELS)
+    out = classification_metrics(data.labels[data.val_idx], proba.argmax(1), proba, labels=LABELS)
+    out["C"] = float(clf[-1].C_[0])
+    return out
 
 
 def summary_markdown(summary: dict) -> str:

@@ -128,3 +128,20 @@ def test_predict_without_a_model_is_a_clear_error(tmp_path):
 def test_help(script):
     out = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, check=True)
     assert "--data-root" in out.stdout and "usage" in out.stdout
+
+
+def test_seed_preset_with_tiny_bert_and_swinv2(setup, tmp_path, monkeypatch):
+    """configs/seed_bert_swinv2.json resolves its folders under pretrained_models/ like a user's checkout."""
+    from tests.tiny_models import tiny_swinv2
+
+    tiny_bert(tmp_path / "pretrained_models" / "bert-base-uncased")
+    tiny_swinv2(tmp_path / "pretrained_models" / "swinv2-base-patch4-window8-256")
+    monkeypatch.chdir(tmp_path)
+    assert phase1.main(["--data-root", str(setup["root"]), "--work-dir", str(setup["work"]),
+                        "--preset", str(REPO / "configs" / "seed_bert_swinv2.json"), "--num-epochs", "1",
+                        "--no-probe", "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]) == 0
+    cfg = json.loads((tmp_path / "r" / "Phase1_Baseline-s42" / "config.json").read_text())
+    assert cfg["backbones"]["text"]["architecture"] == "BertModel"
+    assert "Swinv2" in cfg["backbones"]["image"]["architecture"]
+    assert cfg["train"]["learning_rate"] == 5e-5 and cfg["train"]["num_epochs"] == 1  # preset, then the flag
+    assert cfg["backbones"]["text"]["preprocessing"]["pooling"] == "cls"

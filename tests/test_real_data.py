@@ -32,3 +32,32 @@ def test_phase0_on_the_real_data(real_root, tmp_path):
     assert data_analysis.main(["--data-root", str(real_root), "--work-dir", str(work), "--figures-dir", str(figs),
                                "--results-dir", str(res)]) == 0
     assert len(list(figs.glob("*.png"))) == 4 and (res / "data_summary.md").is_file()
+
+
+def test_phase1_and_predict_on_a_slice_of_the_real_data(real_root, tmp_path):
+    """The default offline backbones end to end on 200 real posts and 40 test posts (cold cache)."""
+    from phase1 import main as phase1
+    from phase4 import predict_test
+
+    work = tmp_path / "work"
+    assert data_cleaner.main(["--data-root", str(real_root), "--work-dir", str(work), "--folds", "0"]) == 0
+    cleaned = pd.read_csv(work / "train_cleaned.txt", dtype=str).head(200)
+    cleaned.to_csv(work / "train_cleaned.txt", index=False)
+    split = pd.read_csv(work / "splits" / "default.csv", dtype=str)
+    split[split["guid"].isin(cleaned["guid"])].to_csv(work / "splits" / "default.csv", index=False)
+    test = pd.read_csv(real_root / "test_without_label.txt", dtype=str).head(40)
+    test.to_csv(tmp_path / "test.txt", index=False)
+    cache, res = tmp_path / "cache", tmp_path / "results"
+    assert phase1.main(["--data-root", str(real_root), "--work-dir", str(work), "--cache-dir", str(cache),
+                        "--results-dir", str(res), "--figures-dir", str(tmp_path / "figures"), "--num-epochs", "3",
+                        "--no-probe"]) == 0
+    metrics = json.loads((res / "Phase1_Baseline-s42" / "metrics.json").read_text())
+    assert 0.0 <= metrics["weighted_f1"] <= 1.0 and metrics["n"] == (split["guid"].isin(cleaned["guid"])
+                                                                      & (split["split"] == "val")).sum()
+    out = tmp_path / "predict.txt"
+    assert predict_test.main(["--checkpoint", str(res / "best" / "checkpoint"), "--data-root", str(real_root),
+                              "--test-file", str(tmp_path / "test.txt"), "--output", str(out),
+                              "--cache-dir", str(cache)]) == 0
+    pred = pd.read_csv(out, dtype=str)
+    assert pred["guid"].tolist() == test["guid"].tolist()
+    assert set(pred["tag"]) <= {"negative", "neutral", "positive"}
