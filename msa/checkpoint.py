@@ -25,16 +25,23 @@ from msa.io import write_json
 CHECKPOINT_FORMAT = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+LOSS_FILE = "loss.safetensors"
 
 
-def save_checkpoint(directory: str | Path, model: torch.nn.Module, config: dict) -> Path:
-    """Write ``model``'s weights and ``config`` (must include ``model``: the constructor arguments) atomically."""
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, config: dict,
+                    loss_fn: torch.nn.Module | None = None) -> Path:
+    """Write ``model``'s weights and ``config`` (must include ``model``: the constructor arguments) atomically.
+
+    A loss with state (ACB's running per-class difficulty) is saved beside it as ``loss.safetensors``."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": str(CHECKPOINT_FORMAT)})
+        loss_state = {k: v.detach().cpu().contiguous() for k, v in (loss_fn.state_dict() if loss_fn else {}).items()}
+        if loss_state:
+            save_file(loss_state, str(tmp / LOSS_FILE))
         write_json(tmp / CONFIG_FILE, {"format": CHECKPOINT_FORMAT, **config})
         old = None
         if directory.exists():
@@ -78,3 +85,25 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[t
         raise UserError(f"{directory / MODEL_FILE} could not be loaded: {exc}") from None
     model.eval()
     return model, config
+
+
+def load_loss_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The saved loss state of a checkpoint (empty when its loss had none)."""
+    path = Path(directory) / LOSS_FILE
+    return load_file(str(path)) if path.is_file() else {}
+
+
+def copy_run_dir(src: str | Path, dst: str | Path) -> Path:
+    """Copy a run folder to ``dst`` atomically (temporary copy, then rename over the old one); ``dst/SOURCE``
+    names where it came from."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    (tmp / "SOURCE").write_text(f"{src.resolve()}\n", encoding="utf-8")
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst

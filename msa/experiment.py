@@ -51,6 +51,14 @@ def load_labelled(work_dir: Path, split_name: str = "default") -> Labelled:
     return Labelled(guids, labels, split, train_idx, val_idx)
 
 
+def token_modalities(fusion: str) -> list[str]:
+    """Modalities whose token sequences a fusion needs. ``cross_attention`` (seed 002) lets the pooled image
+    vector query the text tokens, so only text sequences are needed (image patches would cost ~10x the time)."""
+    from msa.fusions import FUSIONS
+
+    return ["text"] if getattr(FUSIONS[fusion], "requires_tokens", False) else []
+
+
 def load_backbones(text: str | None, image: str | None, text_pooling: str | None = None):
     from msa.backbones import image_backbone, text_backbone
 
@@ -58,7 +66,7 @@ def load_backbones(text: str | None, image: str | None, text_pooling: str | None
 
 
 def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache_dir: Path = DEFAULT_CACHE_DIR,
-                      tokens: bool = False, batch_size: int = 32) -> FeatureSet:
+                      tokens: bool | list[str] = False, batch_size: int = 32) -> FeatureSet:
     fs = extract_features(guids, data_dir, text_bb, image_bb, cache_dir, tokens=tokens, batch_size=batch_size)
     for m, s in fs.stats.items():
         log.info("%s features: %d of %d computed, rest from cache %s", m, s["computed"], s["total"], cache_dir)
@@ -66,19 +74,21 @@ def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache
 
 
 def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, loss: str, train_cfg, hidden: int,
-              dropout: float, args_record: dict, loss_kw: dict | None = None, progress: bool = True) -> dict:
-    """Train one model and write its run folder; returns the fit result plus ``metrics``."""
+              dropout: float, args_record: dict, loss_kw: dict | None = None, progress: bool = True,
+              light: bool = False) -> dict:
+    """Train one model and write its run folder; returns the fit result plus ``metrics``.
+
+    ``light`` (searches): no checkpoint and no figures, only config, history, metrics and predictions."""
     import torch
 
-    from msa.fusions import FUSIONS, ModalitySpec, MultimodalClassifier
+    from msa.fusions import ModalitySpec, MultimodalClassifier
     from msa.losses import build_loss
     from msa.plots import confusion_matrix, training_curves
     from msa.trainer import FeatureDataset, fit, seed_everything
 
     t0 = time.time()
     modalities = list(fs.pooled)
-    needs_tokens = getattr(FUSIONS[fusion], "requires_tokens", False)
-    token_mods = [m for m in modalities if m in fs.tokens] if needs_tokens else []
+    token_mods = [m for m in token_modalities(fusion) if m in fs.tokens]
     specs = [ModalitySpec(m, int(fs.pooled[m].shape[1]), m in token_mods) for m in modalities]
     seed_everything(train_cfg.seed)
     model = MultimodalClassifier(specs, fusion, num_outputs=len(LABELS), hidden=hidden, dropout=dropout)
@@ -95,11 +105,12 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
         "train_class_counts": counts, "torch": torch.__version__,
     }
     ckpt_config = {"model": model.config(), "labels": list(LABELS), "backbones": fs.backbones,
-                   "text_normalisation": TEXT_NORMALISATION, "token_modalities": token_mods}
+                   "text_normalisation": TEXT_NORMALISATION, "token_modalities": token_mods,
+                   "loss": {"name": loss, "kw": loss_kw or {}, "class_counts": counts}}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config)
     result = fit(model, loss_fn, train_ds, val_ds, train_cfg, LABELS, run_dir=run_dir,
-                 checkpoint_config=ckpt_config, progress=progress)
+                 checkpoint_config=None if light else ckpt_config, progress=progress)
     metrics = dict(result["best_metrics"] or {})
     metrics.update(best_epoch=result["best_epoch"], epochs_run=len(result["history"]),
                    seconds=round(time.time() - t0, 2))
@@ -110,6 +121,9 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
     for k, lab in enumerate(LABELS):
         preds[f"p_{lab}"] = proba[:, k].round(6)
     write_csv(run_dir / "val_predictions.csv", preds)
+    if light:
+        result["metrics"] = metrics
+        return result
     training_curves(result["history"], run_dir / "figures" / "training_curves.png", title=run_dir.name)
     if "confusion_matrix" in metrics:
         confusion_matrix(metrics["confusion_matrix"], LABELS, run_dir / "figures" / "confusion_matrix.png",

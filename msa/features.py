@@ -244,19 +244,24 @@ def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureSto
 
 
 def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=None, image_backbone=None,
-                     cache_dir: str | Path = DEFAULT_CACHE_DIR, tokens: bool = False, batch_size: int = 32,
+                     cache_dir: str | Path = DEFAULT_CACHE_DIR, tokens: bool | Sequence[str] = False,
+                     batch_size: int = 32,
                      progress: bool = True, accelerate: bool = True) -> FeatureSet:
     """Pooled (and with ``tokens`` also sequence) features of every guid, from the cache where possible.
+
+    ``tokens``: True for token/patch sequences of every modality, or the modality names that need them.
 
     ``accelerate`` runs CNN image backbones in onnxruntime on the CPU (:mod:`msa.onnx_accel`)."""
     data_dir = Path(data_dir)
     guids = list(guids)
     fs = FeatureSet(guids=guids)
+    want = {"text", "image"} if tokens is True else set(tokens or ())
     if text_backbone is not None:
         store = FeatureStore(cache_dir, _text_store_key(text_backbone.info), text_backbone.info.dim)
         texts = [model_text(data_dir, g) for g in guids]
         keys = [_sha(t.encode("utf-8")) for t in texts]
-        pooled, toks, computed = text_features(text_backbone, texts, store, keys, tokens, batch_size, progress)
+        pooled, toks, computed = text_features(text_backbone, texts, store, keys, "text" in want, batch_size,
+                                               progress)
         fs.pooled["text"] = torch.stack(pooled)
         if toks is not None:
             fs.tokens["text"] = toks
@@ -264,7 +269,8 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
         fs.stats["text"] = {"computed": computed, "corrupt": store.corrupt, "total": len(guids)}
     if image_backbone is not None:
         store = FeatureStore(cache_dir, image_backbone.info.key(), image_backbone.info.dim)
-        pooled, toks, computed = image_features(image_backbone, data_dir, guids, store, tokens, batch_size, progress,
+        pooled, toks, computed = image_features(image_backbone, data_dir, guids, store, "image" in want, batch_size,
+                                                progress,
                                                 Path(cache_dir) if accelerate else None)
         fs.pooled["image"] = torch.stack(pooled)
         if toks is not None:

@@ -41,6 +41,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 42
     mixed_precision: str = "no"
+    sampler: str = "none"  # none | balanced (each class drawn equally often, with replacement)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +65,18 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __getitems__(self, rows: list[int]) -> dict:
+        """A whole batch at once (DataLoader calls this instead of one ``__getitem__`` per row)."""
+        idx = [self.indices[i] for i in rows]
+        sel = torch.as_tensor(idx)
+        batch = {"index": sel, "feats": {m: self.fs.pooled[m][sel].float() for m in self.modalities},
+                 "label": self.labels[torch.as_tensor(rows)] if self.labels is not None
+                 else torch.full((len(rows),), -1, dtype=torch.long),
+                 "tokens": {}, "masks": {}}
+        for m in self.token_modalities:
+            batch["tokens"][m], batch["masks"][m] = pad_sequences([self.fs.tokens[m][j] for j in idx])
+        return batch
+
     def __getitem__(self, i: int) -> dict:
         j = self.indices[i]
         item = {"index": j, "feats": {m: self.fs.pooled[m][j] for m in self.modalities},
@@ -72,26 +85,44 @@ class FeatureDataset(Dataset):
         return item
 
 
-def collate(batch: list[dict]) -> dict:
+def pad_sequences(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_i, D) tensors -> zero-padded (B, L, D) float32 and a bool mask (B, L)."""
+    length = max(1, max(int(s.shape[0]) for s in seqs))
+    x = torch.zeros(len(seqs), length, int(seqs[0].shape[1]))
+    mask = torch.zeros(len(seqs), length, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        x[i, : s.shape[0]] = s.float()
+        mask[i, : s.shape[0]] = True
+    return x, mask
+
+
+def collate(batch: list[dict] | dict) -> dict:
+    if isinstance(batch, dict):  # already batched by FeatureDataset.__getitems__
+        return batch
     out = {"index": torch.tensor([b["index"] for b in batch]),
            "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
            "feats": {m: torch.stack([b["feats"][m] for b in batch]).float() for m in batch[0]["feats"]},
            "tokens": {}, "masks": {}}
     for m in batch[0]["tokens"]:
-        seqs = [b["tokens"][m] for b in batch]
-        length = max(1, max(int(s.shape[0]) for s in seqs))
-        x = torch.zeros(len(seqs), length, int(seqs[0].shape[1]))
-        mask = torch.zeros(len(seqs), length, dtype=torch.bool)
-        for i, s in enumerate(seqs):
-            x[i, : s.shape[0]] = s.float()
-            mask[i, : s.shape[0]] = True
-        out["tokens"][m], out["masks"][m] = x, mask
+        out["tokens"][m], out["masks"][m] = pad_sequences([b["tokens"][m] for b in batch])
     return out
 
 
-def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+SAMPLERS = ("none", "balanced")
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, sampler: str = "none") -> DataLoader:
     gen = torch.Generator()
     gen.manual_seed(seed)
+    if sampler == "balanced":
+        labels = ds.labels
+        counts = torch.bincount(labels).clamp_min(1).float()
+        weights = (1.0 / counts)[labels]
+        sampler_obj = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
+                                                             generator=gen)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler_obj, collate_fn=collate, num_workers=0)
+    if sampler != "none":
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen,
                       num_workers=0, drop_last=False)
 
@@ -150,7 +181,7 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
         raise ValueError(f"scheduler must be one of {SCHEDULERS}")
     seed_everything(cfg.seed)
     acc = Accelerator(mixed_precision=cfg.mixed_precision)
-    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed)
+    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.sampler)
     val_loader = make_loader(val_ds, max(cfg.batch_size, 256), False, cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     total = max(1, cfg.num_epochs * math.ceil(len(train_ds) / cfg.batch_size))
@@ -204,7 +235,7 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
             best.update(score=score, epoch=epoch, metrics=m, proba=proba, index=index,
                         state={k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()})
             if run_dir is not None and checkpoint_config is not None and acc.is_main_process:
-                save_checkpoint(run_dir / "checkpoint", unwrapped, checkpoint_config)
+                save_checkpoint(run_dir / "checkpoint", unwrapped, checkpoint_config, loss_fn=loss_fn)
         else:
             stale += 1
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", wf1=f"{row.get('weighted_f1', float('nan')):.3f}")

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     tb, ib = backbones_for(config)
     token_mods = config.get("token_modalities", [])
     fs = extract_features(test.guids, Path(args.data_root) / "data", tb, ib, args.cache_dir,
-                          tokens=bool(token_mods), batch_size=args.batch_size)
+                          tokens=token_mods, batch_size=args.batch_size)
     modalities = [m for m in ("text", "image") if m in fs.pooled]
     ds = FeatureDataset(fs, range(len(test.guids)), None, modalities, token_mods)
     with torch.no_grad():
