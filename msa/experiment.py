@@ -130,3 +130,71 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
                          title=f"{run_dir.name} (val)")
     result["metrics"] = metrics
     return result
+
+
+# ------------------------------------------------------------------------------------- several runs at once
+@dataclass
+class RunSpec:
+    """One training run of a grid: where it goes and how it is trained."""
+
+    run_dir: Path
+    settings: dict
+    seed: int
+    loss_kw: dict | None = None
+    light: bool = True
+    tag: str = ""
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(fs: FeatureSet, data: Labelled, threads: int | None, record: dict) -> None:
+    """Per-process state of a grid worker (``threads=None``: the calling process, left as it is)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        logging.getLogger("msa").setLevel(logging.WARNING)
+    _WORKER.update(fs=fs, data=data, record=record)
+
+
+def _run_one(spec: RunSpec) -> dict:
+    from msa.settings import train_config
+
+    s = spec.settings
+    res = train_run(spec.run_dir, _WORKER["fs"], _WORKER["data"], fusion=s["feature_fusion"], loss=s["loss_type"],
+                    train_cfg=train_config(s, spec.seed), hidden=int(s["hidden"]), dropout=float(s["dropout"]),
+                    args_record=_WORKER["record"], loss_kw=spec.loss_kw, progress=False, light=spec.light)
+    return {"tag": spec.tag, "seed": spec.seed, "run_dir": str(spec.run_dir), **res["metrics"]}
+
+
+def run_grid(specs: list[RunSpec], fs: FeatureSet, data: Labelled, jobs: int = 1, record: dict | None = None,
+             desc: str = "runs") -> list[dict]:
+    """Train every spec; with ``jobs`` > 1 in that many processes (one torch thread each).
+
+    Returns one metrics dict per spec, in the order of ``specs``."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    record = record or {}
+    jobs = max(1, min(jobs, len(specs)))
+    results: list[dict | None] = [None] * len(specs)
+    bar = tqdm(total=len(specs), desc=desc, unit="run", disable=None)
+    if jobs == 1:
+        _init_worker(fs, data, None, record)
+        for i, spec in enumerate(specs):
+            results[i] = _run_one(spec)
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(fs, data, threads, record)) as pool:
+            futures = {pool.submit(_run_one, spec): i for i, spec in enumerate(specs)}
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update()
+    bar.close()
+    return results  # type: ignore[return-value]

@@ -283,3 +283,29 @@ def build_loss(name: str, class_counts: Sequence[int] | None = None, **kw) -> nn
         accepted = sorted(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY)
         raise ConfigError(f"loss {name!r} does not take {unknown}; it accepts {accepted}")
     return factory(class_counts, **kw)
+
+
+class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
+    """``weighted_ce`` with a choice of class weights (registered under that name; the defaults are unchanged).
+
+    ``weights="inverse"`` (default): inverse frequency ``(1 / n_c) ** weight_power``, as
+    :class:`WeightedCrossEntropyLoss`; ``weights="effective_number"``: Cui et al.'s
+    ``(1 - cb_beta) / (1 - cb_beta ** n_c)``. Both are normalised to mean 1 and kept in the buffer ``weight``.
+    """
+
+    def __init__(self, class_counts: Sequence[int] | None = None, *, weights: str = "inverse",
+                 weight_power: float = 1.0, cb_beta: float = 0.9999, label_smoothing: float = 0.0):
+        if weights not in ("inverse", "effective_number"):
+            raise ConfigError(f"weighted_ce weights must be 'inverse' or 'effective_number', got {weights!r}")
+        super().__init__(class_counts, weight_power=weight_power, label_smoothing=label_smoothing)
+        self.weights = weights
+        if weights == "effective_number":
+            self.weight.copy_(effective_number_weights(_counts(class_counts, "weighted_ce"), cb_beta))
+        self.cb_beta = float(cb_beta)
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights}, weight={[round(w, 4) for w in self.weight.tolist()]}"
+
+
+LOSSES["weighted_ce"] = ClassBalancedCrossEntropyLoss
+__all__.append("ClassBalancedCrossEntropyLoss")

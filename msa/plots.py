@@ -72,3 +72,127 @@ def confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], path: s
     out = save_figure(fig, path)
     plt.close(fig)
     return out
+
+
+def grouped_bars(table, metrics: Sequence[tuple[str, str]], path: str | Path, title: str = "",
+                 ylabel: str = "validation score", ylim: tuple[float, float] | None = None) -> Path:
+    """One group per row of ``table`` (a DataFrame indexed by method), one bar per metric, error bars = std.
+
+    ``table`` needs columns ``<metric>_mean`` and ``<metric>_std``; ``metrics`` are (column stem, legend name).
+    """
+    plt = pyplot()
+    names = list(table.index)
+    width = 0.8 / max(1, len(metrics))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names) + 2), 4.2))
+    for j, (key, label) in enumerate(metrics):
+        xs = np.arange(len(names)) + (j - (len(metrics) - 1) / 2) * width
+        bars = ax.bar(xs, table[f"{key}_mean"], width, yerr=table[f"{key}_std"], capsize=3, label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    ax.set_xticks(range(len(names)), names, rotation=15)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.legend(frameon=False, ncol=len(metrics), loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    ax.set_title(title)
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def reliability_bins(proba, y_true, n_bins: int = 15) -> dict:
+    """Per equal-width confidence bin (as :func:`msa.metrics.expected_calibration_error` bins): ``count``,
+    ``accuracy`` and mean ``confidence`` (NaN for an empty bin), the bin ``edges`` and the ``ece``."""
+    from msa.metrics import expected_calibration_error
+
+    p = np.asarray(proba, dtype=float)
+    y = np.asarray(y_true, dtype=int)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(float)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(bins, weights=correct, minlength=n_bins) / count
+        mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / count
+    return {"edges": np.linspace(0, 1, n_bins + 1), "count": count, "accuracy": acc, "confidence": mean_conf,
+            "ece": expected_calibration_error(p, y, n_bins=n_bins)}
+
+
+def reliability_diagrams(panels: dict, path: str | Path, n_bins: int = 15, ncols: int = 2, title: str = "") -> Path:
+    """Reliability diagrams, one panel per entry of ``panels`` (``{name: (proba (N, C), y_true (N,))}``).
+
+    Bars: accuracy per equal-width confidence bin, with the number of samples in the bin written at its foot
+    (a bin of a few samples says little); red: the gap to the bin's mean confidence; dashed: the diagonal of
+    perfect calibration. The panel title gives the ECE over the same bins."""
+    plt = pyplot()
+    names = list(panels)
+    ncols = max(1, min(ncols, len(names)))
+    nrows = int(np.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.7 * nrows), squeeze=False)
+    width = 1.0 / n_bins
+    for ax, name in zip(axes.flat, names):
+        proba, y = panels[name]
+        r = reliability_bins(proba, y, n_bins)
+        left = r["edges"][:-1]
+        has = r["count"] > 0
+        acc = np.where(has, r["accuracy"], 0.0)
+        conf = np.where(has, r["confidence"], 0.0)
+        ax.bar(left, acc, width, align="edge", color="#4c78a8", edgecolor="white", lw=0.6, label="accuracy")
+        ax.bar(left, np.abs(conf - acc), width, bottom=np.minimum(acc, conf), align="edge", color="#d1495b",
+               alpha=0.35, edgecolor="#d1495b", lw=0.6, label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], ls="--", color="black", lw=0.9, label="perfect calibration")
+        for x, n in zip(left[has], r["count"][has]):
+            ax.text(x + width / 2, 0.015, str(int(n)), ha="center", va="bottom", fontsize=6, rotation=90,
+                    color="white" if n else "black")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}\nECE {r['ece']:.3f} ({n_bins} bins), n = {int(r['count'].sum())}", fontsize=9)
+        ax.grid(alpha=0.25, lw=0.5)
+        ax.set_axisbelow(True)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("confidence (max probability)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=8,
+               title="numbers in the bars: samples per bin", title_fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 if nrows > 1 else 0.1, 1, 1))
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def confusion_grid(matrices: dict, labels: Sequence[str], path: str | Path, ncols: int = 2,
+                   title: str = "") -> Path:
+    """Several confusion matrices side by side (``{name: cm}``, rows = true class); counts with row-normalised
+    shading (recall per true class), as :func:`confusion_matrix`."""
+    plt = pyplot()
+    names = list(matrices)
+    ncols = max(1, min(ncols, len(names)))
+    nrows = int(np.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        cm = np.asarray(matrices[name], dtype=float)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, f"{int(cm[i, j])}\n{100 * norm[i, j]:.0f}%", ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_title(name, fontsize=9)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("predicted")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("true")
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out

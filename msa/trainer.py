@@ -111,6 +111,28 @@ def collate(batch: list[dict] | dict) -> dict:
 SAMPLERS = ("none", "balanced")
 
 
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Shuffled batches of similar token length: rows are shuffled, cut into pools of ``pool`` batches, each pool
+    sorted by length and cut into batches, and the batches shuffled. Padding then costs little (on MVSA texts
+    the longest of 64 random posts is ~2.7x the mean length)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator, pool: int = 20):
+        self.lengths, self.batch_size, self.gen, self.pool = list(lengths), batch_size, generator, pool
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.gen).tolist()
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start:start + size], key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.gen).tolist():
+            yield batches[b]
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, sampler: str = "none") -> DataLoader:
     gen = torch.Generator()
     gen.manual_seed(seed)
@@ -123,6 +145,15 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, sampler:
         return DataLoader(ds, batch_size=batch_size, sampler=sampler_obj, collate_fn=collate, num_workers=0)
     if sampler != "none":
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    token_mods = getattr(ds, "token_modalities", [])
+    if token_mods:
+        lengths = [int(ds.fs.tokens[token_mods[0]][j].shape[0]) for j in ds.indices]
+        if shuffle:
+            batches = BucketBatchSampler(lengths, batch_size, gen)
+        else:  # evaluation: rows sorted by length (callers reorder by the returned indices)
+            order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+            batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=0)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen,
                       num_workers=0, drop_last=False)
 

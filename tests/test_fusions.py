@@ -306,3 +306,20 @@ def test_cross_attention_generalises_from_the_text_tokens(fusion, expect_learns)
         assert acc > 0.9, f"{fusion}: held-out accuracy {acc:.2f}"
     else:
         assert acc < 0.6, f"{fusion}: held-out accuracy {acc:.2f} without access to the informative tokens"
+
+
+def test_single_query_cross_attention_equals_multihead_attention():
+    """The fast path for one (pooled) query is the same function as nn.MultiheadAttention."""
+    torch.manual_seed(0)
+    specs = [ModalitySpec("text", 12, tokens=True), ModalitySpec("image", 10)]
+    model = MultimodalClassifier(specs, "cross_attention", hidden=16, dropout=0.2, heads=4).eval()
+    fusion = model.fusion
+    q, kv = torch.randn(5, 1, 16), torch.randn(5, 7, 16)
+    pad = torch.zeros(5, 7, dtype=torch.bool)
+    pad[0, 3:] = True
+    pad[2, 1:] = True
+    ref, _ = fusion.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)
+    fast = fusion._single_query(q, kv, pad)
+    assert torch.allclose(ref, fast, atol=1e-5)
+    assert torch.allclose(fusion.attn(q, kv, kv, need_weights=False)[0], fusion._single_query(q, kv, None),
+                          atol=1e-5)

@@ -1,0 +1,1 @@
+"""Phase 2: fusion search and hyper-parameter search."""

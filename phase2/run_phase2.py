@@ -1,0 +1,138 @@
+"""Phase 2a: fusion search: every fusion of the registry x several seeds on the phase-0 split.
+
+Run from the repository root after phase 0 (phase 1 is not needed; the features come from the same cache):
+
+    python phase2/run_phase2.py --data-root dataset/
+    python phase2/run_phase2.py --data-root ../shared/mvsa --seeds 42,43,44 --jobs 2
+
+Reads  <work-dir>/train_cleaned.txt, splits/<split>.csv, the feature cache (computed on first use)
+Writes phase2/results/runs/<fusion>-s<seed>/ (config, history, metrics, val predictions; no checkpoints),
+       phase2/results/summary.csv and summary.md (accuracy, weighted F1, macro F1, neutral F1, ECE: mean and
+       std over seeds), phase2/figures/fusions.png (bar chart with std error bars), and
+       phase2/results/best_config.json: the fusion with the best mean validation weighted F1 and every setting
+       it was trained with (phase 3 starts from it; phase2/search_hyperparam.py refines its hyper-parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from msa import cli  # noqa: E402
+
+log = logging.getLogger("phase2")
+PHASE_DIR = Path(__file__).resolve().parent
+METRICS = ("accuracy", "weighted_f1", "macro_f1", "f1_neutral", "ece", "seconds")
+
+
+def build_parser() -> cli.ArgumentParser:
+    from msa.fusions import FUSIONS
+    from msa.settings import add_model_args, add_training_args
+
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
+    cli.add_data_args(p)
+    p.add_argument("--fusions", default=",".join(FUSIONS),
+                   help="comma-separated fusions to compare (default: the whole registry)")
+    add_model_args(p, fusion=False)
+    add_training_args(p, seeds="42,43,44")
+    o = p.add_argument_group("execution and output")
+    o.add_argument("--jobs", type=int, default=2, help="training processes in parallel (one torch thread each)")
+    o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
+    o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
+    o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the chart goes")
+    o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def summarise(results: list[dict], key: str = "tag"):
+    """One row per method: mean and std (ddof=1) over seeds of every metric in METRICS."""
+    import pandas as pd
+
+    frame = pd.DataFrame(results)
+    rows = []
+    for name, grp in frame.groupby(key, sort=False):
+        row = {key: name, "n_seeds": len(grp)}
+        for m in METRICS:
+            if m in grp:
+                row[f"{m}_mean"] = grp[m].mean()
+                row[f"{m}_std"] = grp[m].std(ddof=1) if len(grp) > 1 else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(key)
+
+
+def markdown_table(table, title: str, first: str = "fusion") -> str:
+    cols = [("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"),
+            ("f1_neutral", "neutral F1"), ("ece", "ECE")]
+    lines = [title, "", f"| {first} | " + " | ".join(n for _, n in cols) + " | seconds/run |",
+             "|---|" + "---:|" * (len(cols) + 1)]
+    best = table["weighted_f1_mean"].idxmax()
+    for name, r in table.iterrows():
+        cells = [f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}" for k, _ in cols]
+        label = f"**{name}**" if name == best else str(name)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['seconds_mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from msa.experiment import RunSpec, labelled_features, load_backbones, load_labelled, run_grid, token_modalities
+    from msa.fusions import FUSIONS
+    from msa.io import write_csv, write_json, write_text
+    from msa.plots import grouped_bars
+    from msa.settings import HYPERPARAMETERS, parse_seeds, resolve
+
+    args = build_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+    t0 = time.time()
+    fusions = [f.strip() for f in args.fusions.split(",") if f.strip()]
+    unknown = [f for f in fusions if f not in FUSIONS]
+    if unknown or not fusions:
+        raise cli.UserError(f"unknown fusion(s) {', '.join(unknown) or '(none given)'}; "
+                            f"choose from {', '.join(FUSIONS)}")
+    seeds = parse_seeds(args.seeds)
+    s = resolve(args)
+    data = load_labelled(cli.work_dir(args), args.split)
+    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
+    tokens = sorted({m for f in fusions for m in token_modalities(f)})
+    fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
+                           args.feature_batch_size)
+    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
+    # the slowest fusions first, so that parallel workers finish together
+    order = sorted(fusions, key=lambda f: (f not in ("cross_attention", "encoder"), fusions.index(f)))
+    specs = [RunSpec(args.results_dir / "runs" / f"{f}-s{seed}", {**s, "feature_fusion": f}, seed, tag=f)
+             for f in order for seed in seeds]
+    results = run_grid(specs, fs, data, jobs=args.jobs, record=record, desc="phase 2 fusion x seed")
+    table = summarise(results).loc[fusions]
+    table.index.name = "fusion"
+    write_csv(args.results_dir / "summary.csv", table.reset_index())
+    grid_seconds = time.time() - t0
+    title = (f"# Phase 2: fusion search (split `{data.split.name}`, seeds {', '.join(map(str, seeds))}, "
+             f"{len(specs)} runs in {grid_seconds:.0f} s)")
+    write_text(args.results_dir / "summary.md", markdown_table(table, title))
+    grouped_bars(table, [("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"), ("f1_neutral", "neutral F1")],
+                 args.figures_dir / "fusions.png", title=f"Fusions on the validation split (mean ± std, "
+                 f"{len(seeds)} seeds)", ylim=(0, 1))
+    best = str(table["weighted_f1_mean"].idxmax())
+    settings = {**s, "feature_fusion": best}
+    best_config = {
+        "source": "phase2/run_phase2.py (fusion search)",
+        "selected_by": f"mean validation weighted F1 over seeds {seeds} on split {data.split.name}",
+        "split": data.split.name, "split_sha256": data.split.sha256, "seeds": seeds,
+        "settings": settings, "hyperparameters": {k: settings[k] for k in HYPERPARAMETERS},
+        "metrics": {m: {"mean": float(table.loc[best, f"{m}_mean"]), "std": float(table.loc[best, f"{m}_std"])}
+                    for m in METRICS if f"{m}_mean" in table},
+        "backbones": fs.backbones,
+        "fusion_search": {f: float(table.loc[f, "weighted_f1_mean"]) for f in fusions},
+    }
+    write_json(args.results_dir / "best_config.json", best_config)
+    print(markdown_table(table, f"phase 2: {len(specs)} runs in {grid_seconds:.1f}s"))
+    print(f"best fusion: {best} -> {args.results_dir / 'best_config.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

@@ -1,0 +1,98 @@
+"""Phase 2 on synthetic data: fusion search tables and best_config.json, Optuna search and its shared storage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from msa.fusions import FUSIONS
+from phase0 import data_cleaner
+from phase2 import run_phase2, search_hyperparam
+from tests.conftest import REPO
+from tests.tiny_models import tiny_bert, tiny_vit
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("phase2")
+    work = tmp / "work"
+    data_cleaner.main(["--data-root", str(synthetic_root), "--work-dir", str(work), "--folds", "0"])
+    base = ["--data-root", str(synthetic_root), "--work-dir", str(work), "--cache-dir", str(tmp / "cache"),
+            "--text-backbone", str(tiny_bert(tmp / "bert")), "--image-backbone", str(tiny_vit(tmp / "vit")),
+            "--results-dir", str(tmp / "results"), "--figures-dir", str(tmp / "figures")]
+    return {"tmp": tmp, "base": base}
+
+
+@pytest.fixture(scope="module")
+def searched(setup):
+    assert run_phase2.main(setup["base"] + ["--seeds", "1,2", "--num-epochs", "3", "--jobs", "1"]) == 0
+    return setup
+
+
+def test_fusion_search_covers_the_registry(searched):
+    res = searched["tmp"] / "results"
+    table = pd.read_csv(res / "summary.csv")
+    assert table["fusion"].tolist() == list(FUSIONS)
+    for col in ("accuracy_mean", "weighted_f1_std", "macro_f1_mean", "f1_neutral_std"):
+        assert col in table and table[col].notna().all()
+    assert (table["n_seeds"] == 2).all()
+    assert len(list((res / "runs").glob("*/metrics.json"))) == 2 * len(FUSIONS)
+    md = (res / "summary.md").read_text()
+    assert all(f in md for f in FUSIONS) and "±" in md
+    assert (searched["tmp"] / "figures" / "fusions.png").stat().st_size > 10_000
+
+
+def test_best_config_names_the_best_fusion_and_its_settings(searched):
+    res = searched["tmp"] / "results"
+    best = json.loads((res / "best_config.json").read_text())
+    table = pd.read_csv(res / "summary.csv").set_index("fusion")
+    assert best["settings"]["feature_fusion"] == table["weighted_f1_mean"].idxmax()
+    assert best["hyperparameters"]["num_epochs"] == 3 and "fusion search" in best["source"]
+    assert best["metrics"]["weighted_f1"]["mean"] == pytest.approx(table["weighted_f1_mean"].max())
+
+
+def test_unknown_fusion_is_a_clear_error(setup):
+    with pytest.raises(run_phase2.cli.UserError, match="unknown fusion"):
+        run_phase2.main(setup["base"] + ["--fusions", "concat,nope"])
+
+
+def test_search_updates_best_config_and_resumes(searched, tmp_path):
+    res = searched["tmp"] / "results"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = searched["base"] + ["--seeds", "1", "--storage", storage, "--study-name", "s", "--jobs", "1",
+                               "--best-config", str(res / "best_config.json")]
+    assert search_hyperparam.main(args + ["--n-trials", "3"]) == 0
+    best = json.loads((res / "best_config.json").read_text())
+    assert "search_hyperparam" in best["source"] and best["hyperparameter_search"]["finished_trials"] == 3
+    assert best["settings"]["learning_rate"] == best["hyperparameter_search"]["params"]["learning_rate"]
+    assert "fusion_search" in best  # what the fusion search found is kept
+    # an interrupted or repeated search goes on from where it stopped: 2 more trials to reach 5
+    assert search_hyperparam.main(args + ["--n-trials", "5"]) == 0
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 5
+    assert (searched["tmp"] / "figures" / "optuna_history.png").is_file()
+    assert (searched["tmp"] / "figures" / "optuna_importance.png").is_file()
+    assert len(pd.read_csv(res / "search_trials.csv")) >= 5
+
+
+def test_two_processes_share_one_sqlite_study(searched, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    cmd = [sys.executable, "phase2/search_hyperparam.py", *searched["base"], "--seeds", "1", "--num-epochs", "2",
+           "--storage", storage, "--study-name", "shared", "--jobs", "1", "--n-trials", "6",
+           "--best-config", str(tmp_path / "best_config.json")]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o, p in zip(outs, procs) if p.returncode]
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6  # together, exactly the requested number
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
