@@ -6,10 +6,12 @@ DATA   ?= dataset/
 # Extra flags per phase, e.g. make run PHASE0_ARGS="--val-ratio 0.15 --force" PHASE1_ARGS="--num-epochs 20"
 PHASE0_ARGS ?=
 PHASE1_ARGS ?=
+PHASE2_ARGS ?=
+TRIALS ?= 50
 SEEDS  ?= 42,43,44
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run phase0 phase1 predict test lint clean help
+.PHONY: setup run phase0 phase1 phase2 phase3 predict test lint clean help
 
 help:
 	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
@@ -24,7 +26,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-run: setup phase0 phase1 predict
+run: setup phase0 phase1 phase2 phase3 predict
 
 phase0: setup
 	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(PHASE0_ARGS)
@@ -32,6 +34,13 @@ phase0: setup
 
 phase1: setup
 	$(PY) phase1/main.py --data-root $(DATA) --seeds $(SEEDS) $(PHASE1_ARGS)
+
+phase2: setup
+	$(PY) phase2/run_phase2.py --data-root $(DATA) --seeds $(SEEDS) $(PHASE2_ARGS)
+	$(PY) phase2/search_hyperparam.py --data-root $(DATA) --n-trials $(TRIALS)
+
+phase3: setup
+	$(PY) phase3/run_phase3.py --data-root $(DATA) --seeds $(SEEDS)
 
 predict: setup
 	$(PY) phase4/predict_test.py --data-root $(DATA)

@@ -214,7 +214,9 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
     acc = Accelerator(mixed_precision=cfg.mixed_precision)
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.sampler)
     val_loader = make_loader(val_ds, max(cfg.batch_size, 256), False, cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # fused AdamW: one kernel for all parameters instead of a dozen small ops per tensor (~8% of a head's epoch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  fused=True)
     total = max(1, cfg.num_epochs * math.ceil(len(train_ds) / cfg.batch_size))
     scheduler = make_scheduler(optimizer, cfg, total)
     model, optimizer, train_loader, val_loader, scheduler = acc.prepare(

@@ -46,7 +46,9 @@ def build_parser() -> cli.ArgumentParser:
     s.add_argument("--n-trials", type=int, default=50, help="finished trials the study should have in total")
     s.add_argument("--storage", default=None,
                    help="SQLAlchemy database URL (default sqlite:///<results-dir>/optuna.db)")
-    s.add_argument("--study-name", default="phase2_search", help="study name inside the storage")
+    s.add_argument("--study-name", default=None,
+                   help="study name inside the storage (default phase2_<fusion>, or phase2_all_fusions with "
+                        "--search-fusion, so that a study never mixes trials of different fixed fusions)")
     s.add_argument("--search-fusion", action="store_true",
                    help="also search the fusion (default: keep the fusion of best_config.json, else concat)")
     s.add_argument("--jobs", type=int, default=2, help="local worker processes on the same study")
@@ -193,6 +195,8 @@ def main(argv=None) -> int:
     if best_config is None:
         log.warning("%s not found (phase2/run_phase2.py not run): starting from the defaults", args.best_config)
     base = resolve(args, base=(best_config or {}).get("settings"))
+    if args.study_name is None:
+        args.study_name = "phase2_all_fusions" if args.search_fusion else f"phase2_{base['feature_fusion']}"
     args.results_dir.mkdir(parents=True, exist_ok=True)
     storage_url = args.storage or f"sqlite:///{(args.results_dir / 'optuna.db').resolve()}"
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
@@ -256,8 +260,7 @@ def plot_study(study, figures_dir: Path) -> None:
         complete = [t for t in study.trials if t.state.name == "COMPLETE"]
         if len(complete) >= 2:
             try:
-                ax = ovm.plot_param_importances(study)
-                ax.set_title("Optuna: hyper-parameter importance (fANOVA)")
+                ax = ovm.plot_param_importances(study)  # titled by Optuna itself
                 save_figure(ax.figure, figures_dir / "optuna_importance.png")
                 plt.close(ax.figure)
             except (ValueError, RuntimeError) as exc:  # too few distinct trials to rank
