@@ -143,6 +143,7 @@ class RunSpec:
     loss_kw: dict | None = None
     light: bool = True
     tag: str = ""
+    mixed_precision: str = "no"
 
 
 _WORKER: dict = {}
@@ -163,7 +164,8 @@ def _run_one(spec: RunSpec) -> dict:
 
     s = spec.settings
     res = train_run(spec.run_dir, _WORKER["fs"], _WORKER["data"], fusion=s["feature_fusion"], loss=s["loss_type"],
-                    train_cfg=train_config(s, spec.seed), hidden=int(s["hidden"]), dropout=float(s["dropout"]),
+                    train_cfg=train_config(s, spec.seed, spec.mixed_precision), hidden=int(s["hidden"]),
+                    dropout=float(s["dropout"]),
                     args_record=_WORKER["record"], loss_kw=spec.loss_kw, progress=False, light=spec.light)
     return {"tag": spec.tag, "seed": spec.seed, "run_dir": str(spec.run_dir), **res["metrics"]}
 

@@ -139,7 +139,8 @@ def reliability_diagrams(panels: dict, path: str | Path, n_bins: int = 15, ncols
         conf = np.where(has, r["confidence"], 0.0)
         ax.bar(left, acc, width, align="edge", color="#4c78a8", edgecolor="white", lw=0.6, label="accuracy")
         ax.bar(left, np.abs(conf - acc), width, bottom=np.minimum(acc, conf), align="edge", color="#d1495b",
-               alpha=0.35, edgecolor="#d1495b", lw=0.6, label="gap to mean confidence")
+               alpha=0.35, edgecolor="#d1495b", lw=0.6,
+               label="gap to mean confidence (dark over a bar: under-confident)")
         ax.plot([0, 1], [0, 1], ls="--", color="black", lw=0.9, label="perfect calibration")
         for x, n in zip(left[has], r["count"][has]):
             ax.text(x + width / 2, 0.015, str(int(n)), ha="center", va="bottom", fontsize=6, rotation=90,
@@ -159,7 +160,8 @@ def reliability_diagrams(panels: dict, path: str | Path, n_bins: int = 15, ncols
     fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=8,
                title="numbers in the bars: samples per bin", title_fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 if nrows > 1 else 0.1, 1, 1))
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0.55 / height, 1, 1 - 0.15 / height))
     out = save_figure(fig, path)
     plt.close(fig)
     return out
@@ -192,7 +194,46 @@ def confusion_grid(matrices: dict, labels: Sequence[str], path: str | Path, ncol
     for ax in axes[:, 0]:
         ax.set_ylabel("true")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.15 / fig.get_size_inches()[1]))
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def metric_panels(table, group: str, hue: str, metrics: Sequence[tuple[str, str]], path: str | Path,
+                  title: str = "", ylim: tuple[float, float] | None = None) -> Path:
+    """One panel per metric; in each, one group of bars per value of column ``group`` (e.g. the loss) and one
+    bar per value of column ``hue`` (e.g. the sampler), error bars = std, the mean written above each bar.
+
+    ``table`` has one row per (group, hue) with columns ``group``, ``hue``, ``<metric>_mean``, ``<metric>_std``;
+    ``metrics`` are (column stem, panel title)."""
+    plt = pyplot()
+    groups = list(dict.fromkeys(table[group]))
+    hues = list(dict.fromkeys(table[hue]))
+    width = 0.8 / max(1, len(hues))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.5, 1.1 * len(groups) * len(hues) / 2 + 2.5)
+                                                        * len(metrics), 4.0), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, name) in zip(axes[0], metrics):
+        for j, h in enumerate(hues):
+            rows = table[table[hue] == h].set_index(group).reindex(groups)
+            xs = np.arange(len(groups)) + (j - (len(hues) - 1) / 2) * width
+            bars = ax.bar(xs, rows[f"{key}_mean"], width, yerr=rows[f"{key}_std"], capsize=3, label=str(h),
+                          color=colors[j % len(colors)], error_kw={"lw": 1})
+            for bar, m, s in zip(bars, rows[f"{key}_mean"], rows[f"{key}_std"].fillna(0.0)):
+                ax.annotate(f"{m:.3f}\n±{s:.3f}", (bar.get_x() + bar.get_width() / 2, m + s), ha="center",
+                            va="bottom", fontsize=6.5, textcoords="offset points", xytext=(0, 2))
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_title(name, fontsize=10)
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.grid(axis="y", alpha=0.25, lw=0.5)
+        ax.set_axisbelow(True)
+    axes[0][0].set_ylabel("validation score")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, title=hue, loc="upper right", frameon=False, fontsize=8, title_fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
     out = save_figure(fig, path)
     plt.close(fig)
     return out

@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
     # the slowest fusions first, so that parallel workers finish together
     order = sorted(fusions, key=lambda f: (f not in ("cross_attention", "encoder"), fusions.index(f)))
-    specs = [RunSpec(args.results_dir / "runs" / f"{f}-s{seed}", {**s, "feature_fusion": f}, seed, tag=f)
+    specs = [RunSpec(args.results_dir / "runs" / f"{f}-s{seed}", {**s, "feature_fusion": f}, seed, tag=f,
+                     mixed_precision=args.mixed_precision)
              for f in order for seed in seeds]
     results = run_grid(specs, fs, data, jobs=args.jobs, record=record, desc="phase 2 fusion x seed")
     table = summarise(results).loc[fusions]

@@ -212,3 +212,96 @@ def test_acb_checks_shapes():
         loss(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="num_classes"):
         build_loss("acb", class_counts=COUNTS, num_classes=4)
+
+
+# ------------------------------------------------------------------- ACB against a hand computation (plain math)
+ACB_LOGITS = [[2.0, 0.5, -1.0], [0.2, 0.1, 1.5], [-0.5, 1.0, 0.3]]
+ACB_TARGETS = [0, 1, 1]  # class 2 is absent from the batch: its difficulty keeps its initial value
+ACB_CONST = {"a": 5.0, "b": 1.5, "c": 3.0, "k": 2.0, "alpha": 1.0, "beta": 0.2, "momentum": 0.5}
+
+
+def _softmax(row):
+    e = [math.exp(v - max(row)) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def _hand_difficulty(logits, targets, momentum):
+    """d_c after one training-mode forward: m * (1 - 1/C) + (1 - m) * batch mean of (1 - p_t) over class c."""
+    d = [2.0 / 3.0] * 3
+    for cls in range(3):
+        miss = [1.0 - _softmax(z)[t] for z, t in zip(logits, targets) if t == cls]
+        if miss:
+            d[cls] = momentum * d[cls] + (1.0 - momentum) * sum(miss) / len(miss)
+    return d
+
+
+def _hand_acb(logits, targets, d, a, b, c, k, alpha, beta, **_):
+    """The DESIGN.md formula with the difficulties ``d`` held fixed."""
+    focal, boundary = [], []
+    for z, t in zip(logits, targets):
+        p = _softmax(z)
+        w, g = 1 + a * math.log(1 + d[t]), b + c * math.log(1 + d[t])
+        focal.append(w * (1 - p[t]) ** g * -math.log(p[t]))
+        p1, p2 = sorted(p, reverse=True)[:2]
+        boundary.append(math.exp(-k * (p1 - p2)))
+    return alpha * sum(focal) / len(focal) + beta * sum(boundary) / len(boundary)
+
+
+def _hand_acb_grad(logits, targets, d, a, b, c, k, alpha, beta, **_):
+    """dL/dz with w_c, g_c constant: the focal term through p_t, the boundary term through both top-two p."""
+    n = len(logits)
+    grad = []
+    for z, t in zip(logits, targets):
+        p = _softmax(z)
+        w, g = 1 + a * math.log(1 + d[t]), b + c * math.log(1 + d[t])
+        q = 1 - p[t]
+        df_dpt = w * (-g * q ** (g - 1) * -math.log(p[t]) - q ** g / p[t])
+        m1, m2 = sorted(range(3), key=lambda j: -p[j])[:2]
+        bnd = math.exp(-k * (p[m1] - p[m2]))
+        row = []
+        for j in range(3):
+            dpt = p[t] * ((j == t) - p[j])
+            dgap = p[m1] * ((j == m1) - p[j]) - p[m2] * ((j == m2) - p[j])
+            row.append((alpha * df_dpt * dpt + beta * -k * bnd * dgap) / n)
+        grad.append(row)
+    return grad
+
+
+def test_acb_value_and_gradient_against_a_hand_computation():
+    d = _hand_difficulty(ACB_LOGITS, ACB_TARGETS, ACB_CONST["momentum"])
+    assert d[2] == pytest.approx(2 / 3)
+    expected = _hand_acb(ACB_LOGITS, ACB_TARGETS, d, **ACB_CONST)
+    expected_grad = _hand_acb_grad(ACB_LOGITS, ACB_TARGETS, d, **ACB_CONST)
+    # the explicit gradient formula agrees with central finite differences of the hand-computed loss
+    eps = 1e-6
+    for i in range(3):
+        for j in range(3):
+            up = [row[:] for row in ACB_LOGITS]
+            down = [row[:] for row in ACB_LOGITS]
+            up[i][j] += eps
+            down[i][j] -= eps
+            fd = (_hand_acb(up, ACB_TARGETS, d, **ACB_CONST) - _hand_acb(down, ACB_TARGETS, d, **ACB_CONST)) / (2 * eps)
+            assert expected_grad[i][j] == pytest.approx(fd, rel=1e-6, abs=1e-9)
+    # the module: value, gradient w.r.t. the logits, and the updated running difficulty
+    loss = build_loss("acb", class_counts=COUNTS, **ACB_CONST).train()
+    logits = torch.tensor(ACB_LOGITS, requires_grad=True)
+    value = loss(logits, torch.tensor(ACB_TARGETS))
+    value.backward()
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(logits.grad, torch.tensor(expected_grad), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss.difficulty, torch.tensor(d), rtol=1e-6, atol=1e-6)
+    # eval mode reads the stored difficulty: the same value again, and no further update
+    assert loss.eval()(torch.tensor(ACB_LOGITS), torch.tensor(ACB_TARGETS)).item() == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(loss.difficulty, torch.tensor(d), rtol=1e-6, atol=1e-6)
+
+
+def test_weighted_ce_effective_number_weights():
+    loss = build_loss("weighted_ce", class_counts=COUNTS, weights="effective_number", cb_beta=0.9)
+    raw = torch.tensor([(1 - 0.9) / (1 - 0.9**n) for n in COUNTS])
+    torch.testing.assert_close(loss.weight, raw / raw.mean())
+    logits, targets = batch()
+    torch.testing.assert_close(loss(logits, targets), F.cross_entropy(logits, targets, weight=loss.weight))
+    default = build_loss("weighted_ce", class_counts=COUNTS)
+    torch.testing.assert_close(default.weight, class_weights_from_counts(COUNTS))  # inverse frequency by default
+    with pytest.raises(ValueError, match="effective_number"):
+        build_loss("weighted_ce", class_counts=COUNTS, weights="sqrt")

@@ -1,0 +1,1 @@
+"""Phase 3: class imbalance (losses and samplers)."""
