@@ -270,7 +270,7 @@ def _load_hf_text(folder: Path, pooling: str | None, max_length: int, registry_n
         raise BackboneError(f"{folder}: pooling 'pooler' asked for, but the folder's weights have no pooler "
                             f"(its {type(tower).__name__} pooler would be random); use 'cls' or 'mean'")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BackboneError(f"cannot load the tokenizer of {folder}: {_one_line(exc)} ({README_HINT})") from exc
@@ -578,7 +578,7 @@ def _load_hf_image(folder: Path) -> ImageBackbone:
         class_names = [str(id2label.get(i, i)) for i in range(len(id2label))] or None
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BackboneError(f"cannot load the image processor of {folder}: {_one_line(exc)} ({README_HINT})") from exc
@@ -701,7 +701,7 @@ def _check_folder(folder: Path, kind: str) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports and progress bars (we check the loading info ourselves)."""
     from transformers.utils import logging as hf_logging
 
@@ -718,7 +718,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 def _from_pretrained(auto_cls, folder: Path, kind: str):
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model, loading = auto_cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
                                                       output_loading_info=True, dtype=torch.float32,
                                                       ignore_mismatched_sizes=True)  # reported below

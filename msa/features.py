@@ -165,36 +165,41 @@ def _batches(items: list, size: int):
         yield items[i:i + size]
 
 
-@torch.inference_mode()
-def text_features(backbone, texts: list[str], store: FeatureStore, keys: list[str], tokens: bool,
-                  batch_size: int, progress: bool) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
-    n = len(texts)
-    pooled: list[torch.Tensor | None] = [None] * n
-    toks: list[torch.Tensor | None] = [None] * n
-    todo = []
+def _lookup(store: FeatureStore, keys: list[str], tokens: bool):
+    """Cached entries per row, and the rows still to compute grouped by content key (each key computed once)."""
+    pooled: list[torch.Tensor | None] = [None] * len(keys)
+    toks: list[torch.Tensor | None] = [None] * len(keys)
+    unique: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         pooled[i] = store.load(key)
         if tokens and pooled[i] is not None:
             toks[i] = store.load(key, "tokens")
         if pooled[i] is None or (tokens and toks[i] is None):
-            todo.append(i)
-    unique: dict[str, list[int]] = {}
-    for i in todo:
-        unique.setdefault(keys[i], []).append(i)
+            unique.setdefault(key, []).append(i)
+    return pooled, toks, unique
+
+
+def _keep(store: FeatureStore, key: str, rows: list[int], vec: torch.Tensor, seq: torch.Tensor | None,
+          pooled: list, toks: list) -> None:
+    store.save(key, vec)
+    if seq is not None:
+        store.save(key, seq, "tokens")
+    for i in rows:
+        pooled[i], toks[i] = vec, seq
+
+
+@torch.inference_mode()
+def text_features(backbone, texts: list[str], store: FeatureStore, keys: list[str], tokens: bool,
+                  batch_size: int, progress: bool) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
+    pooled, toks, unique = _lookup(store, keys, tokens)
     order = sorted(unique, key=lambda k: len(texts[unique[k][0]]))  # similar lengths pad less
     bar = tqdm(total=len(order), desc=f"text features ({backbone.info.name})", unit="text",
                disable=None if progress else True)
     for chunk in _batches(order, batch_size):
-        batch = backbone.tokenize([texts[unique[k][0]] for k in chunk])
-        p, t, m = backbone(**batch)
+        p, t, m = backbone(**backbone.tokenize([texts[unique[k][0]] for k in chunk]))
         for j, key in enumerate(chunk):
-            vec = p[j].float().clone()
             seq = t[j][m[j]].to(torch.float16).clone() if tokens else None
-            store.save(key, vec)
-            if tokens:
-                store.save(key, seq, "tokens")
-            for i in unique[key]:
-                pooled[i], toks[i] = vec, seq
+            _keep(store, key, unique[key], p[j].float().clone(), seq, pooled, toks)
         bar.update(len(chunk))
     bar.close()
     return pooled, (toks if tokens else None), len(order)
@@ -204,17 +209,8 @@ def text_features(backbone, texts: list[str], store: FeatureStore, keys: list[st
 def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureStore, tokens: bool,
                    batch_size: int, progress: bool, cache_dir: Path | None = None
                    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
-    n = len(guids)
     keyed = [image_content_key(data_dir, g) for g in guids]
-    pooled: list[torch.Tensor | None] = [None] * n
-    toks: list[torch.Tensor | None] = [None] * n
-    unique: dict[str, list[int]] = {}
-    for i, (key, _) in enumerate(keyed):
-        pooled[i] = store.load(key)
-        if tokens and pooled[i] is not None:
-            toks[i] = store.load(key, "tokens")
-        if pooled[i] is None or (tokens and toks[i] is None):
-            unique.setdefault(key, []).append(i)
+    pooled, toks, unique = _lookup(store, [k for k, _ in keyed], tokens)
     order = list(unique)
     forward = backbone
     if order and cache_dir is not None:
@@ -224,20 +220,12 @@ def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureSto
     bar = tqdm(total=len(order), desc=f"image features ({backbone.info.name})", unit="img",
                disable=None if progress else True)
     for chunk in _batches(order, batch_size):
-        imgs = []
-        for key in chunk:
-            i = unique[key][0]
-            imgs.append(_decode(data_dir, guids[i], keyed[i][1], backbone.image_size))
-        x = backbone.preprocess(imgs)
-        p, t = forward(x)
+        first = [unique[key][0] for key in chunk]
+        p, t = forward(backbone.preprocess([_decode(data_dir, guids[i], keyed[i][1], backbone.image_size)
+                                            for i in first]))
         for j, key in enumerate(chunk):
-            vec = p[j].float().clone()
             seq = t[j].to(torch.float16).clone() if tokens else None
-            store.save(key, vec)
-            if tokens:
-                store.save(key, seq, "tokens")
-            for i in unique[key]:
-                pooled[i], toks[i] = vec, seq
+            _keep(store, key, unique[key], p[j].float().clone(), seq, pooled, toks)
         bar.update(len(chunk))
     bar.close()
     return pooled, (toks if tokens else None), len(order)

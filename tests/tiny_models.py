@@ -7,31 +7,15 @@ different seeds differ only in their weights.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from msa.backbones import quiet_transformers  # re-exported for the tests
+
 WORDS = ("the a an is was it this that i you we they good great happy love nice fun bad sad awful hate angry "
          "terrible day movie food game team news photo today not very so").split()
 BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "?", *WORDS]
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No transformers progress bars or load reports inside the block."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _save(model, folder: Path) -> None:
