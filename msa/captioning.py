@@ -1,0 +1,376 @@
+"""Image captioners for phase 4: an offline ImageNet-class describer and an OpenAI-compatible VLM client.
+
+Both implement :class:`Captioner`: ``caption([(guid, image_path_or_None), ...]) -> [CaptionResult, ...]``,
+one result per item, in order. A captioner never raises for one bad item; it returns ``caption=None`` with
+``error`` set.
+
+:class:`OpenAICaptioner` talks to any OpenAI-compatible chat endpoint that accepts ``image_url`` data URIs
+(Qwen-VL on DashScope, vLLM, Ollama, OpenAI). It downscales each image before base64, runs a bounded number of
+requests at a time, retries 429 (honouring ``Retry-After``), 5xx, timeouts and connection errors with
+exponential backoff and jitter, and keeps a persistent cache (one JSON file per answer, keyed by
+sha256(model, prompt, original image bytes)) written as each answer arrives, so an interrupted run resumes and a
+rerun only asks for what is missing. Failures go to a JSONL file and are never cached. The API key is never
+written anywhere: every error text recorded or logged is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image, ImageOps
+
+from msa.data import find_image, to_rgb
+from msa.io import write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = ("Describe this image objectively in one or two sentences: the objects, people, setting and any "
+                  "visible text. Do not judge or use sentiment words.")
+#: Environment variables read by :func:`resolve_api_key`, in order.
+API_KEY_ENV = ("VLM_API_KEY", "DASHSCOPE_API_KEY", "OPENAI_API_KEY")
+#: Lower-cased answer openings that mean the model declined to describe the image.
+REFUSAL_PREFIXES = ("i'm sorry", "i’m sorry", "i am sorry", "sorry,", "i cannot", "i can't", "i can’t",
+                    "i am unable", "i'm unable", "i’m unable", "i apologize", "as an ai")
+CACHE_VERSION = 1
+
+
+@dataclass
+class CaptionResult:
+    guid: str
+    caption: str | None
+    source: str  # "cache" | "api" | "offline"
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.caption is not None
+
+
+class Captioner(Protocol):
+    name: str
+
+    def caption(self, items: list[tuple[str, Path | None]]) -> list[CaptionResult]: ...
+
+
+def resolve_api_key(constant: str = "") -> str:
+    """The API key: $VLM_API_KEY, then $DASHSCOPE_API_KEY, then $OPENAI_API_KEY, then ``constant``; "" if none."""
+    for var in API_KEY_ENV:
+        value = os.environ.get(var, "").strip()
+        if value:
+            return value
+    return (constant or "").strip()
+
+
+def items_from_data_dir(data_dir: str | Path, guids: Sequence[str]) -> list[tuple[str, Path | None]]:
+    """``(guid, image path or None)`` for each guid, found as :func:`msa.data.find_image` finds it."""
+    return [(g, find_image(data_dir, g)) for g in guids]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_image(path: Path | None) -> tuple[bytes, Image.Image] | str:
+    """(original bytes, RGB image with EXIF orientation applied), or a reason string when there is none."""
+    if path is None:
+        return "no image"
+    try:
+        data = Path(path).read_bytes()
+        if not data:
+            return f"no image ({Path(path).name} is empty)"
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return data, to_rgb(img)
+    except Exception as exc:  # noqa: BLE001 - a bad file is one failure, never a crash
+        return f"no image ({Path(path).name}: {type(exc).__name__}: {str(exc)[:150]})"
+
+
+# ---------------------------------------------------------------------------------------------- offline
+class ImageNetCaptioner:
+    """Describes each image by the image backbone's top-k ImageNet classes: no network, no key.
+
+    A missing or unreadable image is a failure (``caption=None``, ``error`` starting with "no image"); no caption
+    is invented for the grey placeholder.
+    """
+
+    name = "imagenet"
+
+    def __init__(self, image_backbone, top_k: int = 3, batch_size: int = 32):
+        if not getattr(image_backbone, "class_names", None):
+            log.warning("image backbone has no class names; captions will list class indices")
+        self.backbone = image_backbone
+        self.top_k = int(top_k)
+        self.batch_size = max(1, int(batch_size))
+
+    @staticmethod
+    def describe(labels: Sequence[str]) -> str:
+        names = [str(n).replace("_", " ").strip() for n in labels if str(n).strip()]
+        return "a photo showing: " + ", ".join(names)
+
+    def caption(self, items: list[tuple[str, Path | None]]) -> list[CaptionResult]:
+        import torch
+
+        results: list[CaptionResult | None] = [None] * len(items)
+        loaded: list[tuple[int, Image.Image]] = []
+        for i, (guid, path) in enumerate(items):
+            got = _read_image(path)
+            if isinstance(got, str):
+                results[i] = CaptionResult(guid, None, "offline", got)
+            else:
+                loaded.append((i, got[1]))
+        try:
+            device = next(self.backbone.parameters()).device
+        except (StopIteration, AttributeError):
+            device = torch.device("cpu")
+        for start in range(0, len(loaded), self.batch_size):
+            chunk = loaded[start:start + self.batch_size]
+            pixels = self.backbone.preprocess([img for _, img in chunk]).to(device)
+            tops = self.backbone.top_classes(pixels, self.top_k)
+            for (i, _), top in zip(chunk, tops):
+                results[i] = CaptionResult(items[i][0], self.describe([name for name, _ in top]), "offline")
+        return [r for r in results if r is not None]
+
+
+# ---------------------------------------------------------------------------------------------- OpenAI
+class _Failure(Exception):
+    """A non-retryable outcome of one request: recorded, never cached."""
+
+
+class OpenAICaptioner:
+    """Captions through an OpenAI-compatible ``chat.completions`` endpoint, with cache, retries and failure log."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, prompt: str, api_key: str, cache_dir: Path, failures_path: Path,
+                 concurrency: int = 4, timeout: float = 60.0, max_retries: int = 5, max_side: int = 768,
+                 progress: bool = True, *, backoff_base: float = 1.0, max_backoff: float = 30.0,
+                 max_retry_after: float = 60.0, jpeg_quality: int = 85, max_tokens: int = 200,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.base_url = base_url
+        self.model = model
+        self.prompt = prompt
+        self._api_key = api_key or ""
+        self.cache_dir = Path(cache_dir)
+        self.failures_path = Path(failures_path)
+        self.concurrency = max(1, int(concurrency))
+        self.timeout = float(timeout)
+        self.max_retries = max(0, int(max_retries))
+        self.max_side = int(max_side)
+        self.progress = progress
+        self.backoff_base = float(backoff_base)
+        self.max_backoff = float(max_backoff)
+        self.max_retry_after = float(max_retry_after)
+        self.jpeg_quality = int(jpeg_quality)
+        self.max_tokens = int(max_tokens)
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._client = None
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAICaptioner(base_url={self.base_url!r}, model={self.model!r})"
+
+    # ---- helpers
+    def scrub(self, text: object) -> str:
+        """``text`` with the API key replaced by ``***``."""
+        text = str(text)
+        if self._api_key and len(self._api_key) >= 4:
+            text = text.replace(self._api_key, "***")
+        return text
+
+    def cache_key(self, image_bytes: bytes) -> str:
+        h = hashlib.sha256()
+        for part in (self.model.encode("utf-8"), self.prompt.encode("utf-8")):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+        h.update(image_bytes)
+        return h.hexdigest()
+
+    def cache_path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.json"
+
+    def _cache_get(self, key: str) -> str | None:
+        path = self.cache_path(key)
+        if not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            caption = entry.get("caption") if isinstance(entry, dict) else None
+            if entry.get("model") != self.model or not isinstance(caption, str) or not caption.strip():
+                raise ValueError("incomplete entry")
+            return caption
+        except Exception as exc:  # noqa: BLE001 - a corrupt entry is simply asked again
+            log.warning("ignoring corrupt caption cache entry %s (%s)", path.name, type(exc).__name__)
+            return None
+
+    def _cache_put(self, key: str, guid: str, caption: str) -> None:
+        write_json(self.cache_path(key), {"version": CACHE_VERSION, "model": self.model,
+                                          "prompt_sha256": hashlib.sha256(self.prompt.encode()).hexdigest(),
+                                          "guid": guid, "caption": caption, "created": _now()})
+
+    def _record_failure(self, guid: str, reason: str) -> None:
+        reason = self.scrub(reason)
+        log.warning("caption failed for %s: %s", guid, reason)
+        line = json.dumps({"guid": guid, "reason": reason, "model": self.model, "time": _now()},
+                          ensure_ascii=False)
+        with self._lock:
+            self.failures_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.failures_path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+
+    def encode_image(self, img: Image.Image) -> str:
+        """Downscale so the longer side is at most ``max_side``, re-encode as JPEG, return a data URI."""
+        img = to_rgb(img)
+        if max(img.size) > self.max_side:
+            img = img.copy()
+            img.thumbnail((self.max_side, self.max_side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=self.jpeg_quality)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+    def _get_client(self):
+        with self._lock:
+            if self._client is None:
+                from openai import OpenAI
+
+                self._client = OpenAI(base_url=self.base_url, api_key=self._api_key or "EMPTY",
+                                      timeout=self.timeout, max_retries=0)
+            return self._client
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        delay = min(self.backoff_base * (2 ** attempt), self.max_backoff)
+        return delay * (0.5 + random.random() / 2)
+
+    @staticmethod
+    def _retry_after(exc) -> float | None:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is None:
+            return None
+        value = headers.get("retry-after")
+        try:
+            return float(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    def _parse(self, response) -> str:
+        try:
+            choice = response.choices[0]
+            content = choice.message.content
+        except (AttributeError, IndexError, TypeError) as exc:
+            raise _Failure(f"malformed response ({type(exc).__name__})") from None
+        if getattr(choice, "finish_reason", None) == "content_filter":
+            raise _Failure("content filtered")
+        if not isinstance(content, str):
+            raise _Failure("empty content" if content is None else "malformed response (content is not text)")
+        content = " ".join(content.split())
+        if not content:
+            raise _Failure("empty content")
+        if content.lower().startswith(REFUSAL_PREFIXES):
+            raise _Failure(f"refusal: {content[:120]}")
+        return content
+
+    def _request(self, data_uri: str) -> str:
+        """One caption with retries; raises :class:`_Failure` with a scrubbed reason."""
+        import openai
+
+        client = self._get_client()
+        messages = [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_uri}},
+            {"type": "text", "text": self.prompt},
+        ]}]
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                response = client.chat.completions.create(model=self.model, messages=messages,
+                                                          max_tokens=self.max_tokens)
+                return self._parse(response)
+            except _Failure:
+                raise
+            except openai.APITimeoutError:
+                last = "timeout"
+            except openai.APIConnectionError as exc:
+                last = f"connection error: {type(exc.__cause__ or exc).__name__}"
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                if status == 429:
+                    last, retry_after = "HTTP 429", self._retry_after(exc)
+                elif status >= 500:
+                    last = f"HTTP {status}"
+                else:
+                    raise _Failure(f"HTTP {status}: {self.scrub(exc.message)[:300]}") from None
+            except openai.APIResponseValidationError as exc:
+                raise _Failure(f"malformed response: {self.scrub(exc)[:200]}") from None
+            except Exception as exc:  # noqa: BLE001 - e.g. a body that is not JSON
+                raise _Failure(f"malformed response: {type(exc).__name__}: {self.scrub(exc)[:200]}") from None
+            if attempt < self.max_retries:
+                delay = self._backoff(attempt, retry_after)
+                log.info("caption request: %s; retry %d/%d in %.1f s", last, attempt + 1, self.max_retries, delay)
+                self._sleep(delay)
+        raise _Failure(f"retries exhausted after {self.max_retries + 1} attempts: {last}")
+
+    def _work(self, key: str, guid: str, img: Image.Image) -> tuple[str | None, str | None]:
+        try:
+            caption = self._request(self.encode_image(img))
+        except _Failure as exc:
+            reason = self.scrub(exc)
+            self._record_failure(guid, reason)
+            return None, reason
+        self._cache_put(key, guid, caption)
+        return caption, None
+
+    # ---- the interface
+    def caption(self, items: list[tuple[str, Path | None]]) -> list[CaptionResult]:
+        from tqdm.auto import tqdm
+
+        results: list[CaptionResult | None] = [None] * len(items)
+        pending: dict[str, tuple[str, Image.Image, list[int]]] = {}  # cache key -> (guid, image, item indices)
+        for i, (guid, path) in enumerate(items):
+            got = _read_image(path)
+            if isinstance(got, str):
+                self._record_failure(guid, got)
+                results[i] = CaptionResult(guid, None, "api", got)
+                continue
+            key = self.cache_key(got[0])
+            cached = self._cache_get(key)
+            if cached is not None:
+                results[i] = CaptionResult(guid, cached, "cache")
+            elif key in pending:  # same image bytes twice: ask once
+                pending[key][2].append(i)
+            else:
+                pending[key] = (guid, got[1], [i])
+        if pending:
+            log.info("captioning %d image(s) with %s (%d cached)", len(pending), self.model,
+                     sum(r is not None and r.source == "cache" for r in results))
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool, \
+                    tqdm(total=len(pending), desc=f"captions ({self.model})", unit="img",
+                         disable=None if self.progress else True) as bar:
+                futures = {pool.submit(self._work, key, guid, img): idx for key, (guid, img, idx) in pending.items()}
+                try:
+                    for fut in as_completed(futures):
+                        caption, error = fut.result()
+                        for i in futures[fut]:
+                            results[i] = CaptionResult(items[i][0], caption, "api", error)
+                        bar.update(1)
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+        return [r for r in results if r is not None]
