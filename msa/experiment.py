@@ -75,8 +75,11 @@ def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache
 
 def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, loss: str, train_cfg, hidden: int,
               dropout: float, args_record: dict, loss_kw: dict | None = None, progress: bool = True,
-              light: bool = False) -> dict:
+              light: bool = False, init_from: Path | None = None) -> dict:
     """Train one model and write its run folder; returns the fit result plus ``metrics``.
+
+    ``init_from`` (a checkpoint folder) fine-tunes that model, and its loss state, instead of a new one; its
+    architecture must fit these features (the fusion and hidden arguments are then taken from it).
 
     ``light`` (searches): no checkpoint and no figures, only config, history, metrics and predictions."""
     import torch
@@ -91,9 +94,22 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
     token_mods = [m for m in token_modalities(fusion) if m in fs.tokens]
     specs = [ModalitySpec(m, int(fs.pooled[m].shape[1]), m in token_mods) for m in modalities]
     seed_everything(train_cfg.seed)
-    model = MultimodalClassifier(specs, fusion, num_outputs=len(LABELS), hidden=hidden, dropout=dropout)
     counts = np.bincount(data.labels[data.train_idx], minlength=len(LABELS)).tolist()
     loss_fn = build_loss(loss, class_counts=counts, **(loss_kw or {}))
+    if init_from is not None:
+        from msa.checkpoint import load_checkpoint, load_loss_state
+
+        model, start = load_checkpoint(init_from)
+        have = [(s["name"], int(s["dim"])) for s in start["model"]["specs"]]
+        if have != [(s.name, s.dim) for s in specs]:
+            raise cli.UserError(f"checkpoint {init_from} expects modalities {have}, the features give "
+                                f"{[(s.name, s.dim) for s in specs]}")
+        fusion = start["model"]["fusion"]
+        state = load_loss_state(init_from)
+        if state:
+            loss_fn.load_state_dict(state, strict=False)
+    else:
+        model = MultimodalClassifier(specs, fusion, num_outputs=len(LABELS), hidden=hidden, dropout=dropout)
     train_ds = FeatureDataset(fs, data.train_idx, data.labels[data.train_idx], modalities, token_mods)
     val_ds = FeatureDataset(fs, data.val_idx, data.labels[data.val_idx], modalities, token_mods)
     config = {
@@ -103,6 +119,7 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
                   "train": len(data.train_idx), "val": len(data.val_idx)},
         "backbones": fs.backbones, "text_normalisation": TEXT_NORMALISATION, "seed": train_cfg.seed,
         "train_class_counts": counts, "torch": torch.__version__,
+        "init_from": str(init_from) if init_from is not None else None,
     }
     ckpt_config = {"model": model.config(), "labels": list(LABELS), "backbones": fs.backbones,
                    "text_normalisation": TEXT_NORMALISATION, "token_modalities": token_mods,

@@ -231,6 +231,17 @@ def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureSto
     return pooled, (toks if tokens else None), len(order)
 
 
+def text_features_for(texts: Sequence[str], text_backbone, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                      tokens: bool = False, batch_size: int = 32, progress: bool = False
+                      ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """Features of arbitrary raw strings (e.g. captions), normalised and cached exactly like the posts' texts."""
+    store = FeatureStore(cache_dir, _text_store_key(text_backbone.info), text_backbone.info.dim)
+    model_texts = [normalize_text(t, **TEXT_NORMALISATION) for t in texts]
+    keys = [_sha(t.encode("utf-8")) for t in model_texts]
+    pooled, toks, _ = text_features(text_backbone, model_texts, store, keys, tokens, batch_size, progress)
+    return (torch.stack(pooled) if pooled else torch.zeros(0, text_backbone.info.dim)), toks
+
+
 def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=None, image_backbone=None,
                      cache_dir: str | Path = DEFAULT_CACHE_DIR, tokens: bool | Sequence[str] = False,
                      batch_size: int = 32,

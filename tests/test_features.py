@@ -165,3 +165,16 @@ def test_onnxruntime_features_match_pytorch(synthetic_root, tmp_path):
     assert list((tmp_path / "b" / "onnx").glob("*.onnx")), "the onnxruntime path was not taken"
     assert torch.allclose(eager.pooled["image"], fast.pooled["image"], atol=1e-3)
     assert torch.allclose(eager.tokens["image"][0].float(), fast.tokens["image"][0].float(), atol=1e-2)
+
+
+def test_text_features_for_strings_match_the_posts_and_are_cached(data):
+    from msa.features import text_features_for
+
+    data_dir, guids, cache = data
+    fs = extract_features(guids[:4], data_dir, FakeText(), None, cache, progress=False)
+    raw = [(data_dir / f"{g}.txt").read_text(encoding="utf-8") for g in guids[:4]]
+    tb = FakeText()
+    pooled, _ = text_features_for(raw, tb, cache)
+    assert torch.equal(pooled, fs.pooled["text"]) and not tb.seen  # same normalisation, same cache entries
+    pooled, toks = text_features_for(["a photo showing: a dog"], tb, cache, tokens=True)
+    assert pooled.shape == (1, 4) and toks[0].shape[1] == 4 and tb.seen

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -93,3 +95,26 @@ def test_checkpoint_is_replaced_atomically_and_damage_is_reported(tmp_path):
         load_checkpoint(d)
     with pytest.raises(UserError, match="missing or incomplete"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+def test_fine_tuning_starts_from_the_checkpoint(tmp_path):
+    """train_run(init_from=...) continues the saved model and its loss state instead of a fresh one."""
+    import numpy as np
+
+    from msa.experiment import Labelled, train_run
+    from msa.splits import Split
+
+    fs, y = _features()
+    split = Split("t", tmp_path / "s.csv", "0" * 64, pd.DataFrame())
+    data = Labelled(fs.guids, np.asarray(y), split, list(range(180)), list(range(180, 240)))
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=4, patience=0, seed=1)
+    first = train_run(tmp_path / "a", fs, data, fusion="concat", loss="acb", train_cfg=cfg, hidden=32, dropout=0.1,
+                      args_record={}, progress=False)
+    frozen = TrainConfig(learning_rate=0.0, num_epochs=1, patience=0, seed=2, warmup_ratio=0.0)
+    again = train_run(tmp_path / "b", fs, data, fusion="add", loss="acb", train_cfg=frozen, hidden=8, dropout=0.0,
+                      args_record={}, progress=False, init_from=tmp_path / "a" / "checkpoint")
+    assert again["metrics"]["weighted_f1"] == pytest.approx(first["metrics"]["weighted_f1"])
+    cfg_b = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg_b["init_from"].endswith("checkpoint")
+    ck = json.loads((tmp_path / "b" / "checkpoint" / "config.json").read_text())
+    assert ck["model"]["fusion"] == "concat" and ck["model"]["hidden"] == 32  # the checkpoint's architecture
