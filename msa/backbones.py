@@ -269,11 +269,7 @@ def _load_hf_text(folder: Path, pooling: str | None, max_length: int, registry_n
     if pooling == "pooler" and any(k.split(".")[0] == "pooler" for k in missing):
         raise BackboneError(f"{folder}: pooling 'pooler' asked for, but the folder's weights have no pooler "
                             f"(its {type(tower).__name__} pooler would be random); use 'cls' or 'mean'")
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BackboneError(f"cannot load the tokenizer of {folder}: {_one_line(exc)} ({README_HINT})") from exc
+    tokenizer = _load_preprocessor(AutoTokenizer, folder, "tokenizer")
     limit = _max_positions(tokenizer, tower)
     max_length = min(int(max_length), limit) if limit else int(max_length)
     dim = int(tower.config.hidden_size)
@@ -577,11 +573,7 @@ def _load_hf_image(folder: Path) -> ImageBackbone:
         id2label = getattr(config, "id2label", None) or {}
         class_names = [str(id2label.get(i, i)) for i in range(len(id2label))] or None
 
-    try:
-        with quiet_transformers():
-            processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BackboneError(f"cannot load the image processor of {folder}: {_one_line(exc)} ({README_HINT})") from exc
+    processor = _load_preprocessor(AutoImageProcessor, folder, "image processor")
     prep = _processor_preprocessing(processor, folder)
     tconf = getattr(tower, "config", config)
     dim = getattr(tconf, "hidden_size", None) or (getattr(tconf, "hidden_sizes", None) or [None])[-1]
@@ -698,6 +690,15 @@ def _check_folder(folder: Path, kind: str) -> list[Path]:
         raise BackboneError(f"{kind} backbone folder {folder} is incomplete: it lacks {'; '.join(missing)} "
                             f"({README_HINT})")
     return weights
+
+
+def _load_preprocessor(auto_cls, folder: Path, what: str):
+    """A folder's tokenizer or image processor, locally and without remote code; one clear error otherwise."""
+    try:
+        with quiet_transformers():
+            return auto_cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackboneError(f"cannot load the {what} of {folder}: {_one_line(exc)} ({README_HINT})") from exc
 
 
 @contextlib.contextmanager
