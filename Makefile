@@ -7,11 +7,14 @@ DATA   ?= dataset/
 PHASE0_ARGS ?=
 PHASE1_ARGS ?=
 PHASE2_ARGS ?=
+PHASE3_ARGS ?=
+# e.g. PHASE4_ARGS="--captioner openai --vlm-model qwen-vl-plus" (key in VLM_API_KEY)
+PHASE4_ARGS ?=
 TRIALS ?= 50
 SEEDS  ?= 42,43,44
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run phase0 phase1 phase2 phase3 predict test lint clean help
+.PHONY: setup run phase0 phase1 phase2 phase3 phase4 predict test lint clean help
 
 help:
 	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
@@ -26,7 +29,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-run: setup phase0 phase1 phase2 phase3 predict
+run: setup phase0 phase1 phase2 phase3 phase4 predict
 
 phase0: setup
 	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(PHASE0_ARGS)
@@ -40,7 +43,10 @@ phase2: setup
 	$(PY) phase2/search_hyperparam.py --data-root $(DATA) --n-trials $(TRIALS)
 
 phase3: setup
-	$(PY) phase3/run_phase3.py --data-root $(DATA) --seeds $(SEEDS)
+	$(PY) phase3/run_phase3.py --data-root $(DATA) --seeds $(SEEDS) $(PHASE3_ARGS)
+
+phase4: setup
+	$(PY) phase4/run_phase4.py --data-root $(DATA) --seeds $(SEEDS) $(PHASE4_ARGS)
 
 predict: setup
 	$(PY) phase4/predict_test.py --data-root $(DATA)

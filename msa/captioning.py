@@ -110,39 +110,72 @@ class ImageNetCaptioner:
 
     name = "imagenet"
 
-    def __init__(self, image_backbone, top_k: int = 3, batch_size: int = 32):
+    def __init__(self, image_backbone, top_k: int = 3, batch_size: int = 32, cache_dir: Path | None = None):
         if not getattr(image_backbone, "class_names", None):
             log.warning("image backbone has no class names; captions will list class indices")
         self.backbone = image_backbone
         self.top_k = int(top_k)
         self.batch_size = max(1, int(batch_size))
+        #: optional folder of one JSON file per (backbone, top_k, image bytes), so reruns decode nothing twice
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.computed = 0
 
     @staticmethod
     def describe(labels: Sequence[str]) -> str:
         names = [str(n).replace("_", " ").strip() for n in labels if str(n).strip()]
         return "a photo showing: " + ", ".join(names)
 
+    def cache_key(self, image_bytes: bytes) -> str:
+        info = getattr(self.backbone, "info", None)
+        tag = info.key() if info is not None and hasattr(info, "key") else type(self.backbone).__name__
+        h = hashlib.sha256(f"imagenet|{tag}|top{self.top_k}|".encode())
+        h.update(image_bytes)
+        return h.hexdigest()
+
+    def _cache_get(self, key: str) -> str | None:
+        if self.cache_dir is None:
+            return None
+        path = self.cache_dir / f"{key}.json"
+        try:
+            caption = json.loads(path.read_text(encoding="utf-8")).get("caption")
+            return caption if isinstance(caption, str) and caption.strip() else None
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def caption(self, items: list[tuple[str, Path | None]]) -> list[CaptionResult]:
         import torch
+        from tqdm.auto import tqdm
 
         results: list[CaptionResult | None] = [None] * len(items)
-        loaded: list[tuple[int, Image.Image]] = []
+        loaded: list[tuple[int, Image.Image, str]] = []
         for i, (guid, path) in enumerate(items):
             got = _read_image(path)
             if isinstance(got, str):
                 results[i] = CaptionResult(guid, None, "offline", got)
+                continue
+            key = self.cache_key(got[0])
+            cached = self._cache_get(key)
+            if cached is not None:
+                results[i] = CaptionResult(guid, cached, "cache")
             else:
-                loaded.append((i, got[1]))
+                loaded.append((i, got[1], key))
         try:
             device = next(self.backbone.parameters()).device
         except (StopIteration, AttributeError):
             device = torch.device("cpu")
-        for start in range(0, len(loaded), self.batch_size):
-            chunk = loaded[start:start + self.batch_size]
-            pixels = self.backbone.preprocess([img for _, img in chunk]).to(device)
-            tops = self.backbone.top_classes(pixels, self.top_k)
-            for (i, _), top in zip(chunk, tops):
-                results[i] = CaptionResult(items[i][0], self.describe([name for name, _ in top]), "offline")
+        with tqdm(total=len(loaded), desc="captions (imagenet classes)", unit="img", disable=None) as bar:
+            for start in range(0, len(loaded), self.batch_size):
+                chunk = loaded[start:start + self.batch_size]
+                pixels = self.backbone.preprocess([img for _, img, _ in chunk]).to(device)
+                tops = self.backbone.top_classes(pixels, self.top_k)
+                for (i, _, key), top in zip(chunk, tops):
+                    text = self.describe([name for name, _ in top])
+                    results[i] = CaptionResult(items[i][0], text, "offline")
+                    if self.cache_dir is not None:
+                        write_json(self.cache_dir / f"{key}.json", {"version": CACHE_VERSION, "guid": items[i][0],
+                                                                     "caption": text, "created": _now()})
+                self.computed += len(chunk)
+                bar.update(len(chunk))
         return [r for r in results if r is not None]
 
 

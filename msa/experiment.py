@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +161,8 @@ class RunSpec:
     light: bool = True
     tag: str = ""
     mixed_precision: str = "no"
+    init_from: Path | None = None  # fine-tune this checkpoint folder instead of a new model
+    train_idx: list[int] | None = None  # training rows other than the split's (e.g. augmented ones)
 
 
 _WORKER: dict = {}
@@ -180,10 +182,14 @@ def _run_one(spec: RunSpec) -> dict:
     from msa.settings import train_config
 
     s = spec.settings
-    res = train_run(spec.run_dir, _WORKER["fs"], _WORKER["data"], fusion=s["feature_fusion"], loss=s["loss_type"],
+    data = _WORKER["data"]
+    if spec.train_idx is not None:
+        data = replace(data, train_idx=list(spec.train_idx))
+    res = train_run(spec.run_dir, _WORKER["fs"], data, fusion=s["feature_fusion"], loss=s["loss_type"],
                     train_cfg=train_config(s, spec.seed, spec.mixed_precision), hidden=int(s["hidden"]),
                     dropout=float(s["dropout"]),
-                    args_record=_WORKER["record"], loss_kw=spec.loss_kw, progress=False, light=spec.light)
+                    args_record=_WORKER["record"], loss_kw=spec.loss_kw, progress=False, light=spec.light,
+                    init_from=spec.init_from)
     return {"tag": spec.tag, "seed": spec.seed, "run_dir": str(spec.run_dir), **res["metrics"]}
 
 

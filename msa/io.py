@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,10 @@ def write_csv(path: str | os.PathLike, frame) -> Path:
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
+    """Save ``fig`` atomically; characters the font lacks (CJK in post texts) are drawn as boxes, silently."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 

@@ -320,7 +320,8 @@ def main(argv=None) -> int:
                                 "std": float(table.loc[best_method, f"{k}_std"])} for k in METRICS},
             "loss_kw": kws[str(best_row["loss"])], "settings": {**s, "loss_type": str(best_row["loss"]),
                                                                  "sampler": str(best_row["sampler"])},
-            "split": data.split.name, "split_sha256": data.split.sha256, "started_from": start}
+            "split": data.split.name, "split_sha256": data.split.sha256, "started_from": start, "seeds": seeds,
+            "seed_runs": [str(p) for p in cand["run_dir"]]}
     write_json(args.results_dir / "best.json", best)
 
     comparisons = compare_with_ce(runs, table)
