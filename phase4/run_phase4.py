@@ -69,17 +69,17 @@ def build_parser() -> cli.ArgumentParser:
     g.add_argument("--init", default="per-seed", choices=["per-seed", "best"],
                    help="fine-tune, for each seed, phase 3's run of the selected loss x sampler with that seed "
                         "(per-seed: a paired before/after comparison) or phase3 best/ for every seed")
-    g.add_argument("--neutral-threshold", type=float, default=0.5,
+    g.add_argument("--neutral-threshold", type=float, default=0.7,
                    help="a true-neutral training post is hard when its neutral probability is below this")
     g.add_argument("--sample-ratio", type=float, default=1.0,
                    help="share of the hard samples that are captioned and used (seeded random draw)")
     g.add_argument("--max-hard", type=int, default=0, help="at most this many hard samples per seed (0: no cap)")
-    g.add_argument("--modes", default="none,extra,append",
+    g.add_argument("--modes", default="none,extra,append,both",
                    help=f"comma-separated augmentation modes to fine-tune, from {', '.join(MODES)} (none: the "
                         "same fine-tuning without captions, the control)")
     add_captioner_args(p)
     t = p.add_argument_group("fine-tuning (everything else as phase 3's selected run)")
-    t.add_argument("--lr-scale", type=float, default=0.3,
+    t.add_argument("--lr-scale", type=float, default=0.1,
                    help="fine-tuning learning rate = phase 3's learning rate x this (unless --learning-rate)")
     t.add_argument("--learning-rate", type=float, default=None, help="fine-tuning learning rate")
     t.add_argument("--num-epochs", type=int, default=10, help="maximum fine-tuning epochs")

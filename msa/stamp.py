@@ -1,0 +1,102 @@
+"""Incremental re-runs: a phase records the hashes of its inputs when it finishes, and skips when they match.
+
+A phase calls :func:`inputs_of` with what determines its outputs (its arguments, the files it reads, the code it
+runs), then :func:`check` at the start: up to date means the stamp file exists and records the same inputs.
+Otherwise it removes the stamp *before* writing anything (so a run killed halfway is never mistaken for a
+finished one) and writes it with :func:`write` as its very last step. ``--force`` skips the check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from msa.io import file_sha256, write_json
+
+log = logging.getLogger(__name__)
+
+STAMP_NAME = "inputs.json"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: arguments that never change what a phase computes
+VOLATILE_ARGS = ("verbose", "force", "jobs", "feature_batch_size", "batch_size_features", "progress")
+
+
+def code_sha256(*paths: str | Path) -> str:
+    """One hash over the shared library and the given scripts/folders (``*.py`` files, sorted)."""
+    h = hashlib.sha256()
+    files: list[Path] = sorted((REPO_ROOT / "msa").glob("*.py"))
+    for p in paths:
+        p = Path(p)
+        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    for f in files:
+        h.update(str(f.relative_to(REPO_ROOT) if f.is_relative_to(REPO_ROOT) else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def inputs_of(args: Mapping | object, files: Iterable[str | Path] = (), code: Iterable[str | Path] = (),
+              extra: Mapping | None = None, ignore: Iterable[str] = ()) -> dict:
+    """The inputs of a phase: its arguments (less the volatile ones), the sha256 of each file (``None`` when
+    missing), the code hash, and anything else in ``extra``."""
+    raw = dict(vars(args)) if not isinstance(args, Mapping) else dict(args)
+    skip = set(VOLATILE_ARGS) | set(ignore)
+    arguments = {k: _jsonable(v) for k, v in sorted(raw.items()) if k not in skip}
+    hashed = {}
+    for f in files:
+        f = Path(f)
+        hashed[str(f)] = file_sha256(f) if f.is_file() else None
+    return {"arguments": arguments, "files": hashed, "code": code_sha256(*code),
+            **({"extra": _jsonable(dict(extra))} if extra else {})}
+
+
+def check(out_dir: str | Path, inputs: dict, force: bool = False, what: str = "this phase") -> bool:
+    """True when ``out_dir`` holds a finished run of exactly these inputs (and not ``force``). Otherwise the old
+    stamp is removed and False returned: the caller recomputes and calls :func:`write` at the end."""
+    path = Path(out_dir) / STAMP_NAME
+    if not force and path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        outputs_ok = isinstance(old, dict) and all(
+            Path(f).is_file() and file_sha256(f) == sha for f, sha in (old.get("outputs") or {}).items())
+        if isinstance(old, dict) and old.get("inputs") == _jsonable(inputs) and not outputs_ok:
+            log.info("%s: an output recorded in %s is missing or changed: recomputing", what, path)
+        elif isinstance(old, dict) and old.get("inputs") == _jsonable(inputs):
+            log.info("%s is up to date (inputs unchanged since %s): nothing to do; --force recomputes", what, path)
+            return True
+        elif isinstance(old, dict):
+            log.info("%s: inputs changed since the last run (%s): recomputing", what, ", ".join(
+                _changed(old.get("inputs") or {}, _jsonable(inputs))) or "format")
+    path.unlink(missing_ok=True)
+    return False
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    out = []
+    for section in ("arguments", "files", "extra"):
+        a, b = old.get(section) or {}, new.get(section) or {}
+        out += [f"{section[:-1] if section != 'extra' else 'extra'} {k}" for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)]
+    if old.get("code") != new.get("code"):
+        out.append("code")
+    return out[:6]
+
+
+def write(out_dir: str | Path, inputs: dict, outputs: Iterable[str | Path] = ()) -> Path:
+    """Record ``inputs`` (and the sha256 of the main outputs) as the last step of a finished run."""
+    outs = {str(p): file_sha256(p) for p in map(Path, outputs) if p.is_file()}
+    return write_json(Path(out_dir) / STAMP_NAME, {"inputs": _jsonable(inputs), "outputs": outs})
