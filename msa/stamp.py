@@ -4,6 +4,7 @@ A phase calls :func:`inputs_of` with what determines its outputs (its arguments,
 runs), then :func:`check` at the start: up to date means the stamp file exists and records the same inputs.
 Otherwise it removes the stamp *before* writing anything (so a run killed halfway is never mistaken for a
 finished one) and writes it with :func:`write` as its very last step. ``--force`` skips the check.
+Stamps are named ``inputs*.json`` and live next to the phase's results.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -18,7 +21,6 @@ from msa.io import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
-STAMP_NAME = "inputs.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: arguments that never change what a phase computes
 VOLATILE_ARGS = ("verbose", "force", "jobs", "feature_batch_size", "batch_size_features", "progress")
@@ -62,10 +64,11 @@ def inputs_of(args: Mapping | object, files: Iterable[str | Path] = (), code: It
             **({"extra": _jsonable(dict(extra))} if extra else {})}
 
 
-def check(out_dir: str | Path, inputs: dict, force: bool = False, what: str = "this phase") -> bool:
-    """True when ``out_dir`` holds a finished run of exactly these inputs (and not ``force``). Otherwise the old
-    stamp is removed and False returned: the caller recomputes and calls :func:`write` at the end."""
-    path = Path(out_dir) / STAMP_NAME
+def check(path: str | Path, inputs: dict, force: bool = False, what: str = "this phase") -> bool:
+    """True when the stamp ``path`` records a finished run of exactly these inputs whose recorded outputs are
+    still there unchanged (and not ``force``). Otherwise the stamp is removed and False returned: the caller
+    recomputes and calls :func:`write` at the end."""
+    path = Path(path)
     if not force and path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -96,7 +99,34 @@ def _changed(old: dict, new: dict) -> list[str]:
     return out[:6]
 
 
-def write(out_dir: str | Path, inputs: dict, outputs: Iterable[str | Path] = ()) -> Path:
-    """Record ``inputs`` (and the sha256 of the main outputs) as the last step of a finished run."""
+def write(path: str | Path, inputs: dict, outputs: Iterable[str | Path] = ()) -> Path:
+    """Record ``inputs`` (and the sha256 of the main outputs) in the stamp ``path``: a finished run's last step."""
     outs = {str(p): file_sha256(p) for p in map(Path, outputs) if p.is_file()}
-    return write_json(Path(out_dir) / STAMP_NAME, {"inputs": _jsonable(inputs), "outputs": outs})
+    return write_json(Path(path), {"inputs": _jsonable(inputs), "outputs": outs,
+                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def listing_digest(folder: str | Path) -> str:
+    """A cheap fingerprint of a folder's files: names, sizes and modification times (no content read)."""
+    h = hashlib.sha256()
+    folder = Path(folder)
+    if folder.is_dir():
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.is_file():
+                st = entry.stat()
+                h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def add_force_arg(p) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="recompute even when the outputs are up to date with the inputs (arguments, input files, "
+                        "code) recorded by the last finished run")
+
+
+def phase0_files(work_dir: str | Path, split: str) -> list[Path]:
+    """The phase-0 outputs every training phase depends on: manifest, cleaned index, the split file."""
+    from msa.splits import split_path
+
+    work_dir = Path(work_dir)
+    return [work_dir / "phase0_manifest.json", work_dir / "train_cleaned.txt", split_path(work_dir, split)]

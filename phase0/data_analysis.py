@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from msa import cli  # noqa: E402
+from msa import cli, stamp  # noqa: E402
 from msa.data import LABELS  # noqa: E402
 from msa.io import save_figure, write_json, write_text  # noqa: E402
-from msa.splits import load_split  # noqa: E402
+from msa.splits import load_split, split_path  # noqa: E402
 
 log = logging.getLogger("phase0.analysis")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -37,6 +37,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the PNG figures go")
     p.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results",
                    help="where data_summary.md and summary.json go")
+    stamp.add_force_arg(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -240,6 +241,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     work_dir = cli.work_dir(args)
+    stamp_path = args.results_dir / "inputs.json"
+    inputs = stamp.inputs_of(args, files=[work_dir / "phase0_manifest.json", split_path(work_dir, args.split)],
+                             code=[Path(__file__)])
+    if stamp.check(stamp_path, inputs, args.force, "phase 0 analysis"):
+        print(f"phase 0 analysis: up to date ({args.results_dir}); --force recomputes")
+        return 0
     d = load_phase0(work_dir)
     given = Path(args.data_root).resolve()
     if d["manifest"]["data_root"] != str(given):
@@ -252,6 +259,7 @@ def main(argv=None) -> int:
     write_json(args.results_dir / "summary.json", {"split": args.split, "split_sha256": split.sha256, **s})
     md = write_text(args.results_dir / "data_summary.md",
                     markdown(s, d["manifest"], args.split, figures, args.results_dir))
+    stamp.write(stamp_path, inputs, [args.results_dir / "summary.json", md, *figures])
     print(f"phase 0 analysis: {len(figures)} figures in {args.figures_dir}, summary in {md}")
     return 0
 

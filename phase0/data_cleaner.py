@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from msa import cli  # noqa: E402
+from msa import cli, stamp  # noqa: E402
 from msa.data import (  # noqa: E402
     AUDIT_COLUMNS,
     LABELS,
@@ -79,8 +79,9 @@ def build_parser() -> cli.ArgumentParser:
                         "removing them")
     p.add_argument("--no-dedup", action="store_true", help="skip near-duplicate detection")
     p.add_argument("--force", action="store_true",
-                   help="overwrite existing split files made from a different cleaned set or with other settings "
-                        "(this changes the validation set every later phase reports on)")
+                   help="recompute even when up to date with the inputs of the last finished run, and overwrite "
+                        "existing split files made from a different cleaned set or with other settings (this "
+                        "changes the validation set every later phase reports on)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -238,6 +239,12 @@ def main(argv=None) -> int:
                             f"{{guid}}.txt next to train.txt (see README, 'Dataset layout')")
     if work_dir.resolve() == data_dir.resolve():
         raise cli.UserError("--work-dir must not be the data folder itself")
+    stamp_path = work_dir / "phase0_inputs.json"
+    inputs = stamp.inputs_of(args, files=[train_index, test_index], code=[Path(__file__)],
+                             extra={"data_listing": stamp.listing_digest(data_dir)})
+    if stamp.check(stamp_path, inputs, args.force, "phase 0 cleaning"):
+        print(f"phase 0 cleaning: up to date ({work_dir}); --force recomputes")
+        return 0
 
     train = read_index(train_index, labelled=True)
     problems: list[Problem] = list(train.problems)
@@ -318,6 +325,8 @@ def main(argv=None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(work_dir / "phase0_manifest.json", manifest)
+    stamp.write(stamp_path, inputs, [work_dir / "phase0_manifest.json", work_dir / "train_cleaned.txt",
+                                     *(split_path(work_dir, n) for n in split_hashes)])
     print_summary(summary, work_dir, manifest["seconds"])
     return 0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msa import cli  # noqa: E402
+from msa import cli, stamp  # noqa: E402
 
 log = logging.getLogger("phase1")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -42,6 +42,7 @@ def build_parser() -> cli.ArgumentParser:
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where run folders go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where summary figures go")
     o.add_argument("--no-probe", action="store_true", help="skip the logistic-regression reference probe")
+    stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -58,6 +59,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     s = resolve(args)
+    stamp_path = args.results_dir / f"inputs_{args.name}.json"
+    inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
+                             + ([Path(args.preset)] if args.preset else []), code=[Path(__file__)])
+    if stamp.check(stamp_path, inputs, args.force, "phase 1"):
+        print(f"phase 1: up to date ({args.results_dir}); --force recomputes")
+        return 0
     seeds = parse_seeds(args.seeds)
     data = load_labelled(cli.work_dir(args), args.split)
     tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
@@ -91,6 +98,7 @@ def main(argv=None) -> int:
         summary["probe"] = logistic_probe(fs, data)
     write_json(args.results_dir / f"{args.name}_summary.json", summary)
     md = write_text(args.results_dir / f"{args.name}_summary.md", summary_markdown(summary))
+    stamp.write(stamp_path, inputs, [md, best_dir / "checkpoint" / "model.safetensors"])
     print(f"summary over {len(seeds)} seed(s) -> {md}")
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msa import cli  # noqa: E402
+from msa import cli, stamp  # noqa: E402
 
 log = logging.getLogger("phase2")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -45,6 +45,7 @@ def build_parser() -> cli.ArgumentParser:
     o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the chart goes")
+    stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -95,6 +96,12 @@ def main(argv=None) -> int:
                             f"choose from {', '.join(FUSIONS)}")
     seeds = parse_seeds(args.seeds)
     s = resolve(args)
+    stamp_path = args.results_dir / "inputs_fusions.json"
+    inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
+                             + ([Path(args.preset)] if args.preset else []), code=[Path(__file__)])
+    if stamp.check(stamp_path, inputs, args.force, "phase 2 fusion search"):
+        print(f"phase 2 fusion search: up to date ({args.results_dir}); --force recomputes")
+        return 0
     data = load_labelled(cli.work_dir(args), args.split)
     tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
     tokens = sorted({m for f in fusions for m in token_modalities(f)})
@@ -130,6 +137,7 @@ def main(argv=None) -> int:
         "fusion_search": {f: float(table.loc[f, "weighted_f1_mean"]) for f in fusions},
     }
     write_json(args.results_dir / "best_config.json", best_config)
+    stamp.write(stamp_path, inputs, [args.results_dir / "summary.csv"])
     print(markdown_table(table, f"phase 2: {len(specs)} runs in {grid_seconds:.1f}s"))
     print(f"best fusion: {best} -> {args.results_dir / 'best_config.json'}")
     return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msa import cli  # noqa: E402
+from msa import cli, stamp  # noqa: E402
 
 log = logging.getLogger("phase2.search")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -62,6 +62,7 @@ def build_parser() -> cli.ArgumentParser:
     o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where the trial table goes")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where Optuna's plots go")
+    stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -191,6 +192,14 @@ def main(argv=None) -> int:
     cli.setup_logging(args.verbose)
     if args.n_trials < 1:
         raise cli.UserError("--n-trials must be at least 1")
+    # run_phase2's stamp stands for the best_config.json it wrote (this search then updates that file)
+    stamp_path = args.results_dir / "inputs_search.json"
+    inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
+                             + [Path(args.best_config).parent / "inputs_fusions.json"]
+                             + ([Path(args.preset)] if args.preset else []), code=[Path(__file__)])
+    if stamp.check(stamp_path, inputs, args.force, "phase 2 hyper-parameter search"):
+        print(f"phase 2 hyper-parameter search: up to date ({args.best_config}); --force recomputes")
+        return 0
     best_config = json.loads(args.best_config.read_text(encoding="utf-8")) if args.best_config.is_file() else None
     if best_config is None:
         log.warning("%s not found (phase2/run_phase2.py not run): starting from the defaults", args.best_config)
@@ -236,6 +245,7 @@ def main(argv=None) -> int:
     })
     write_json(args.best_config, out)
     plot_study(study, args.figures_dir)
+    stamp.write(stamp_path, inputs, [args.best_config])
     print(f"{len(finished)} trials ({len(finished) - len(complete)} pruned) in {time.time() - t0:.1f}s this run; "
           f"best mean weighted F1 {best.value:.4f} (trial {best.number}): {best.params}")
     print(f"-> {args.best_config}")

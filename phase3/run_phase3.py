@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msa import cli  # noqa: E402
+from msa import cli, stamp  # noqa: E402
 
 log = logging.getLogger("phase3")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -116,6 +116,7 @@ def build_parser() -> cli.ArgumentParser:
                    help="equal-width confidence bins of the reliability diagrams (the ECE uses 15)")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the figures go")
+    stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -270,6 +271,13 @@ def main(argv=None) -> int:
         raise cli.UserError(f"--jobs must be >= 1, got {args.jobs}")
     if args.reliability_bins < 1:
         raise cli.UserError(f"--reliability-bins must be >= 1, got {args.reliability_bins}")
+    stamp_path = args.results_dir / "inputs.json"
+    inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
+                             + [Path(args.best_config)] + ([Path(args.preset)] if args.preset else []),
+                             code=[Path(__file__)])
+    if stamp.check(stamp_path, inputs, args.force, "phase 3"):
+        print(f"phase 3: up to date ({args.results_dir}); --force recomputes")
+        return 0
     base, start = load_start_config(args.best_config)
     s = resolve(args, base=base)
     data = load_labelled(cli.work_dir(args), args.split)
@@ -357,6 +365,8 @@ def main(argv=None) -> int:
     confusion_grid(matrices, LABELS, args.figures_dir / "confusion.png", ncols=len(samplers),
                    title=f"Validation confusion matrices, {len(seeds)} seed(s) summed (row % = recall)")
 
+    stamp.write(stamp_path, inputs, [args.results_dir / "best.json", args.results_dir / "summary.md",
+                                     best_dir / "checkpoint" / "model.safetensors"])
     print(md)
     print(f"best: {best_method} seed {best['seed']} ({metric} {best['value']:.4f}) -> {best_dir} "
           f"(phase 4 starts from its checkpoint); tables -> {args.results_dir}, figures -> {args.figures_dir}")

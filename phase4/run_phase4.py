@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msa import cli  # noqa: E402
+from msa import cli, stamp  # noqa: E402
 
 #: Your vision-language API key may go here (environment variables VLM_API_KEY, DASHSCOPE_API_KEY, OPENAI_API_KEY
 #: take precedence). It is only sent to --vlm-base-url and never written to logs, caches or results.
@@ -98,6 +98,7 @@ def build_parser() -> cli.ArgumentParser:
     o.add_argument("--gallery", type=int, default=6, help="hard samples shown in figures/hard_samples.png")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the figures go")
+    stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -240,6 +241,12 @@ def main(argv=None) -> int:
         raise cli.UserError(f"--sample-ratio must be in (0, 1], got {args.sample_ratio}")
     if args.max_hard < 0 or args.jobs < 1 or args.num_epochs < 1 or args.lr_scale <= 0:
         raise cli.UserError("--max-hard must be >= 0, --jobs and --num-epochs >= 1, --lr-scale > 0")
+    stamp_path = args.results_dir / "inputs.json"
+    inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
+                             + [Path(args.phase3_dir) / "best.json"], code=[Path(__file__)])
+    if stamp.check(stamp_path, inputs, args.force, "phase 4"):
+        print(f"phase 4: up to date ({args.results_dir}); --force recomputes")
+        return 0
     best3 = read_phase3(args.phase3_dir)
     seeds = parse_seeds(args.seeds or ",".join(map(str, best3.get("seeds") or [42, 43, 44])))
     data = load_labelled(cli.work_dir(args), args.split)
@@ -411,6 +418,8 @@ def main(argv=None) -> int:
         hard_samples_figure(samples, data_dir, args.figures_dir / "hard_samples.png",
                             title=f"Hard training posts of seed {seeds[0]} with their captions ({captioner_name})")
 
+    stamp.write(stamp_path, inputs, [args.results_dir / "best.json", args.results_dir / "summary.md",
+                                     best_dir / "checkpoint" / "model.safetensors"])
     print(md)
     print(f"best: {best_mode} seed {best['seed']} ({metric} {best['value']:.4f}) -> {best_dir} (predict_test.py "
           f"uses it); tables -> {args.results_dir}, figures -> {args.figures_dir}")
