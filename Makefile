@@ -13,6 +13,9 @@ PHASE4_ARGS ?=
 TRIALS ?= 50
 SEEDS  ?= 42,43,44
 STAMP  := $(VENV)/.installed
+# make run FORCE=1 recomputes every phase; otherwise a phase whose inputs are unchanged is skipped
+FORCE  ?=
+F      := $(if $(FORCE),--force,)
 
 .PHONY: setup run phase0 phase1 phase2 phase3 phase4 predict test lint clean help
 
@@ -32,21 +35,21 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: setup phase0 phase1 phase2 phase3 phase4 predict
 
 phase0: setup
-	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(PHASE0_ARGS)
-	$(PY) phase0/data_analysis.py --data-root $(DATA)
+	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(F) $(PHASE0_ARGS)
+	$(PY) phase0/data_analysis.py --data-root $(DATA) $(F)
 
 phase1: setup
-	$(PY) phase1/main.py --data-root $(DATA) --seeds $(SEEDS) $(PHASE1_ARGS)
+	$(PY) phase1/main.py --data-root $(DATA) --seeds $(SEEDS) $(F) $(PHASE1_ARGS)
 
 phase2: setup
-	$(PY) phase2/run_phase2.py --data-root $(DATA) --seeds $(SEEDS) $(PHASE2_ARGS)
-	$(PY) phase2/search_hyperparam.py --data-root $(DATA) --n-trials $(TRIALS)
+	$(PY) phase2/run_phase2.py --data-root $(DATA) --seeds $(SEEDS) $(F) $(PHASE2_ARGS)
+	$(PY) phase2/search_hyperparam.py --data-root $(DATA) --n-trials $(TRIALS) $(F)
 
 phase3: setup
-	$(PY) phase3/run_phase3.py --data-root $(DATA) --seeds $(SEEDS) $(PHASE3_ARGS)
+	$(PY) phase3/run_phase3.py --data-root $(DATA) --seeds $(SEEDS) $(F) $(PHASE3_ARGS)
 
 phase4: setup
-	$(PY) phase4/run_phase4.py --data-root $(DATA) --seeds $(SEEDS) $(PHASE4_ARGS)
+	$(PY) phase4/run_phase4.py --data-root $(DATA) --seeds $(SEEDS) $(F) $(PHASE4_ARGS)
 
 predict: setup
 	$(PY) phase4/predict_test.py --data-root $(DATA)

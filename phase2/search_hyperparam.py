@@ -181,6 +181,7 @@ def open_study(storage_url: str, name: str, pruner, attempts: int = 6):
 
 
 def main(argv=None) -> int:
+    import hashlib
     import json
 
     import optuna
@@ -204,8 +205,11 @@ def main(argv=None) -> int:
     if best_config is None:
         log.warning("%s not found (phase2/run_phase2.py not run): starting from the defaults", args.best_config)
     base = resolve(args, base=(best_config or {}).get("settings"))
-    if args.study_name is None:
-        args.study_name = "phase2_all_fusions" if args.search_fusion else f"phase2_{base['feature_fusion']}"
+    if args.study_name is None:  # one study per set of inputs: same inputs resume it, changed inputs start anew
+        key = {k: v for k, v in inputs["arguments"].items() if k not in ("n_trials", "study_name", "force")}
+        digest = hashlib.sha256(json.dumps({**inputs, "arguments": key}, sort_keys=True).encode()).hexdigest()[:8]
+        args.study_name = ("phase2_all_fusions" if args.search_fusion else f"phase2_{base['feature_fusion']}") \
+            + f"-{digest}"
     args.results_dir.mkdir(parents=True, exist_ok=True)
     storage_url = args.storage or f"sqlite:///{(args.results_dir / 'optuna.db').resolve()}"
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
