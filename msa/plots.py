@@ -237,3 +237,65 @@ def metric_panels(table, group: str, hue: str, metrics: Sequence[tuple[str, str]
     out = save_figure(fig, path)
     plt.close(fig)
     return out
+
+
+def radar_chart(table, metrics: Sequence[tuple[str, str]], path: str | Path, title: str = "",
+                panels: dict[str, Sequence[str]] | None = None, rlim: tuple[float, float] | None = None,
+                styles: dict[str, dict] | None = None, ncols: int = 2) -> Path:
+    """Radar (spider) chart: one axis per metric, one closed polygon per row of ``table`` (indexed by name,
+    columns ``<metric>_mean``; a ``<metric>_std`` column, when present, is drawn as a light band of ± std).
+
+    ``panels`` maps a panel title to the row names drawn in it (default: one panel with every row); ``rlim``
+    fixes the radial range (default: from a little under the smallest value, rounded down to 0.1, to the
+    largest rounded up, so that small differences stay visible; the range is printed under each panel);
+    ``styles`` gives matplotlib line keywords per row name (``color``, ``ls``, ``marker``, ...)."""
+    plt = pyplot()
+    panels = dict(panels) if panels else {"": list(table.index)}
+    styles = styles or {}
+    keys = [k for k, _ in metrics]
+    means = table[[f"{k}_mean" for k in keys]].to_numpy(dtype=float)
+    if rlim is None:
+        finite = means[np.isfinite(means)]
+        lo = max(0.0, np.floor((finite.min() - 0.05) * 10) / 10) if finite.size else 0.0
+        hi = min(1.0, np.ceil((finite.max() + 0.02) * 10) / 10) if finite.size else 1.0
+        rlim = (lo, max(hi, lo + 0.1))
+    angles = np.linspace(0, 2 * np.pi, len(keys), endpoint=False)
+    closed = np.concatenate([angles, angles[:1]])
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 5.6 * nrows), squeeze=False,
+                             subplot_kw={"projection": "polar"})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^v<>ph"
+    for ax, (name, rows) in zip(axes.flat, panels.items()):
+        for i, row in enumerate(rows):
+            r = table.loc[row]
+            vals = np.array([float(r[f"{k}_mean"]) for k in keys])
+            style = {"color": colors[i % len(colors)], "marker": markers[i % len(markers)], "lw": 1.6, "ms": 4,
+                     **styles.get(row, {})}
+            ax.plot(closed, np.concatenate([vals, vals[:1]]), label=row, **style)
+            if all(f"{k}_std" in r for k in keys):
+                std = np.nan_to_num(np.array([float(r[f"{k}_std"]) for k in keys]))
+                if std.any():
+                    ax.fill_between(closed, np.concatenate([vals - std, vals[:1] - std[:1]]),
+                                    np.concatenate([vals + std, vals[:1] + std[:1]]), color=style["color"],
+                                    alpha=0.12, lw=0)
+        ax.set_xticks(angles, [label for _, label in metrics], fontsize=9)
+        ax.set_ylim(*rlim)
+        ticks = np.linspace(rlim[0], rlim[1], 5)
+        ax.set_yticks(ticks, [f"{t:.2f}" for t in ticks], fontsize=7, color="#555555")
+        for t in ax.get_yticklabels():
+            t.set_bbox({"facecolor": "white", "alpha": 0.75, "lw": 0, "pad": 0.5})
+        ax.set_rlabel_position(180 / len(keys))  # between the first two axes
+        ax.tick_params(axis="x", pad=8)
+        ax.grid(alpha=0.35, lw=0.6)
+        ax.set_title(name, fontsize=10, pad=22)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, fontsize=8, ncol=2)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{title}\n(radial axis from {rlim[0]:.2f} to {rlim[1]:.2f}, not from 0)" if rlim[0] > 0
+                 else title)
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out

@@ -1,0 +1,1 @@
+"""Phase 5: modality ablation (masking and retrained unimodal models)."""
