@@ -24,6 +24,8 @@ from msa import cli  # noqa: E402
 
 log = logging.getLogger("phase4.predict")
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO / "predict.txt"
+DEFAULT_PROVENANCE = REPO / "results" / "predict_provenance.json"
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -34,11 +36,15 @@ def build_parser() -> cli.ArgumentParser:
                         "that exists, else the newest run's)")
     p.add_argument("--test-file", type=Path, default=None,
                    help="test index guid,tag (default <data-root>/test_without_label.txt)")
-    p.add_argument("--output", type=Path, default=REPO / "predict.txt", help="where guid,tag predictions go")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where guid,tag predictions go")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of the frozen backbones")
     p.add_argument("--probabilities", type=Path, default=None,
                    help="optional CSV with guid, predicted tag and the three probabilities")
+    p.add_argument("--provenance", type=Path, default=None,
+                   help="JSON record of where the predictions came from (checkpoint, its run, weights hash, "
+                        "counts; read by the report). Default: results/predict_provenance.json for the default "
+                        "--output, else <output>.provenance.json")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -75,6 +81,25 @@ def backbones_for(config: dict):
                 f"{bb.info.weights_sha256[:12]} (or different preprocessing): its features would not match")
         built[modality] = bb
     return built["text"], built["image"]
+
+
+def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts: dict) -> None:
+    import json
+    import time
+
+    from msa.io import file_sha256, write_json
+
+    run = Path(ckpt).parent
+    source = (run / "SOURCE").read_text(encoding="utf-8").strip() if (run / "SOURCE").is_file() else None
+    metrics = {}
+    if (run / "metrics.json").is_file():
+        m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        metrics = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "f1_neutral") if k in m}
+    write_json(path, {"output": str(Path(output).resolve()), "rows": int(sum(counts.values())), "counts": counts,
+                      "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "checkpoint": str(Path(ckpt).resolve()),
+                      "source_run": source, "model_sha256": file_sha256(Path(ckpt) / "model.safetensors"),
+                      "backbones": {m: b.get("name") for m, b in (config.get("backbones") or {}).items()},
+                      "validation": metrics})
 
 
 def main(argv=None) -> int:
@@ -118,6 +143,10 @@ def main(argv=None) -> int:
             frame[f"p_{lab}"] = proba[:, k].round(6)
         write_csv(args.probabilities, frame)
     counts = pd.Series(tags).value_counts().reindex(LABELS, fill_value=0)
+    provenance = args.provenance or (DEFAULT_PROVENANCE if Path(args.output).resolve() == DEFAULT_OUTPUT.resolve()
+                                     else Path(f"{args.output}.provenance.json"))
+    if provenance:
+        write_provenance(provenance, out, ckpt, config, {lab: int(n) for lab, n in counts.items()})
     print(f"{len(tags)} predictions from {ckpt} -> {out} "
           f"({', '.join(f'{lab} {n}' for lab, n in counts.items())})")
     return 0

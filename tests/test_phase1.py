@@ -81,6 +81,9 @@ def test_predict_writes_every_test_guid_in_order(trained, tmp_path):
     assert set(pred["tag"]) <= {"negative", "neutral", "positive"}
     assert {"test_noimage", "test_zero", "test/../bad"} <= set(pred["guid"])
     assert len(pd.read_csv(tmp_path / "p.csv")) == len(test)
+    prov = json.loads((tmp_path / "predict.txt.provenance.json").read_text())
+    assert prov["checkpoint"] == str(ck.resolve()) and prov["rows"] == len(test)
+    assert sum(prov["counts"].values()) == len(test) and len(prov["model_sha256"]) == 64
 
 
 def test_predict_with_the_token_fusion(trained, tmp_path):

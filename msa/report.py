@@ -1,0 +1,228 @@
+"""One report from the run folders: ``python -m msa.report`` writes results/REPORT.md (and its figure).
+
+It only reads what the phases wrote (their summary tables, best.json files, figures and predict_test's
+provenance record) and never recomputes anything, so it is cheap to regenerate after any phase. Missing phases
+are listed as not run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # python msa/report.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from msa import cli
+from msa.io import write_text
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "results" / "REPORT.md"
+
+#: (title, summary markdown files (first found), figure folder, one-line "how to read")
+PHASES = (
+    ("Phase 0: dataset audit", ["phase0/results/data_summary.md"], "phase0/figures",
+     "What was read, removed and why; the persisted split every later number is measured on."),
+    ("Phase 1: baseline", ["phase1/results/Phase1_Baseline_summary.md"], "phase1/figures",
+     "The seed's baseline recipe (concat fusion, cross-entropy) on the frozen offline backbones."),
+    ("Phase 2: fusion and hyper-parameter search", ["phase2/results/summary.md"], "phase2/figures",
+     "Every fusion with the same settings and seeds, then an Optuna search on the best one."),
+    ("Phase 3: class-imbalance losses", ["phase3/results/summary.md"], "phase3/figures",
+     "Each loss x sampler over seeds; the differences to CE come with their standard errors."),
+    ("Phase 4: hard samples and caption augmentation", ["phase4/results/summary.md"], "phase4/figures",
+     "Fine-tuning from phase 3 with captions of hard training posts; `none` is the no-caption control."),
+    ("Phase 5: modality ablation", ["phase5/results/ablation.md"], "phase5/figures",
+     "Masking one modality of the trained model vs retraining without it."),
+    ("Phase 6: CLIP linear probes", ["phase6/results/summary.md"], "phase6/figures",
+     "Linear probes on frozen embeddings (CLIP when its folder exists) against the phase-4 model."),
+)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _ms(d: dict | None, key: str) -> tuple[float, float] | None:
+    """(mean, std) of ``key`` from a ``{key: {"mean", "std"}}`` mapping."""
+    v = (d or {}).get(key)
+    if isinstance(v, dict) and "mean" in v:
+        return float(v["mean"]), float(v.get("std") or 0.0)
+    if isinstance(v, (int, float)):
+        return float(v), 0.0
+    return None
+
+
+def evolution(root: Path = REPO) -> list[dict]:
+    """Phase by phase: the selected model's validation weighted F1, neutral F1 and accuracy (mean ± std over
+    seeds, as each phase reports it)."""
+    rows = []
+
+    def add(phase, model, stats, n, source):
+        if stats and _ms(stats, "weighted_f1"):
+            rows.append({"phase": phase, "model": model, "n": n, "source": source,
+                         **{k: _ms(stats, k) for k in ("weighted_f1", "f1_neutral", "accuracy")}})
+
+    p1 = _read_json(root / "phase1/results/Phase1_Baseline_summary.json")
+    if p1:
+        s = p1.get("settings", {})
+        add("1", f"baseline: {s.get('feature_fusion')} + {s.get('loss_type')}", p1.get("runs"),
+            len(p1.get("seeds", [])), "phase1/results/Phase1_Baseline_summary.json")
+    p2 = _read_json(root / "phase2/results/best_config.json")
+    if p2 and p2.get("metrics"):
+        fs = p2.get("fusion_search") or {}
+        best = max(fs, key=fs.get) if fs else p2.get("settings", {}).get("feature_fusion")
+        add("2", f"best fusion: {best}", p2["metrics"], len(p2.get("seeds", [])),
+            "phase2/results/best_config.json (fusion search)")
+    p3 = _read_json(root / "phase3/results/best.json")
+    if p3:
+        add("3", f"{p3.get('method')} (tuned settings)", p3.get("method_mean"), len(p3.get("seeds") or [])
+            or 3, "phase3/results/best.json")
+    p4 = _read_json(root / "phase4/results/best.json")
+    if p4:
+        add("4", f"caption mode {p4.get('mode')}", p4.get("method_mean"), len(p4.get("seeds") or []),
+            "phase4/results/best.json")
+    return rows
+
+
+def evolution_figure(rows: list[dict], path: Path) -> Path | None:
+    if not rows:
+        return None
+    import numpy as np
+
+    from msa.io import save_figure
+    from msa.plots import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(max(9.0, 2.6 * len(rows) + 2), 4.0))
+    xs = np.arange(len(rows))
+    for ax, (key, name, color) in zip(axes, (("weighted_f1", "weighted F1", "C0"), ("f1_neutral", "neutral F1",
+                                                                                      "C1"))):
+        ok = [i for i, r in enumerate(rows) if r[key]]
+        m = np.array([rows[i][key][0] for i in ok])
+        s = np.array([rows[i][key][1] for i in ok])
+        ax.errorbar(xs[ok], m, yerr=s, marker="o", capsize=4, color=color)
+        for x, v, e in zip(xs[ok], m, s):
+            ax.annotate(f"{v:.3f}\n±{e:.3f}", (x, v + e), textcoords="offset points", xytext=(0, 4), ha="center",
+                        fontsize=7.5)
+        lo, hi = float((m - s).min()), float((m + s).max())
+        pad = max(0.03, (hi - lo) * 0.35)
+        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + 2 * pad))
+        ax.set_xticks(xs, [f"phase {r['phase']}\n{r['model']}" for r in rows], fontsize=7)
+        ax.set_xlim(-0.5, len(rows) - 0.5)
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("validation score (mean ± std over seeds)")
+    fig.suptitle("Performance evolution, phase by phase (same validation split)")
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def _demote(md: str, levels: int = 2) -> str:
+    """Shift markdown headings down so an included summary nests under the report's section."""
+    return re.sub(r"^(#+)", lambda m: "#" * min(6, len(m.group(1)) + levels), md, flags=re.M)
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(path, out_dir)).as_posix()
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance_lines(root: Path, out_dir: Path) -> list[str]:
+    rec = _read_json(root / "results" / "predict_provenance.json")
+    if not rec:
+        return ["`predict.txt` has not been written by this checkout's `phase4/predict_test.py` yet (no "
+                "`results/predict_provenance.json`)."]
+    lines = [f"`{rec.get('output')}` ({rec.get('rows')} rows: "
+             + ", ".join(f"{k} {v}" for k, v in (rec.get("counts") or {}).items()) + f"), written {rec.get('created')}"
+             f" by `phase4/predict_test.py` from the checkpoint `{rec.get('checkpoint')}`"
+             + (f", a copy of `{rec['source_run']}`" if rec.get("source_run") else "") + ".",
+             f"Model weights sha256 `{str(rec.get('model_sha256'))[:16]}…`; backbones: "
+             + ", ".join(f"{m} `{b}`" for m, b in (rec.get("backbones") or {}).items()) + "."]
+    if rec.get("validation"):
+        v = rec["validation"]
+        lines.append(f"That run's validation scores: weighted F1 {v.get('weighted_f1', float('nan')):.4f}, neutral F1 "
+                     f"{v.get('f1_neutral', float('nan')):.4f}, accuracy {v.get('accuracy', float('nan')):.4f}.")
+    return lines
+
+
+def build(root: Path = REPO, out: Path = DEFAULT_OUT) -> Path:
+    out = Path(out)
+    out_dir = out.parent
+    rows = evolution(root)
+    fig = evolution_figure(rows, out_dir / "figures" / "evolution.png")
+    lines = ["# Report: multimodal sentiment pipeline", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} from the run folders of commit "
+             f"`{_git_commit(root)}` by `python -m msa.report`. Every number is on phase 0's persisted validation "
+             "split; mean ± std are over seeds.", ""]
+    manifest = _read_json(root / "dataset" / "phase0_manifest.json")
+    if manifest:
+        lines += [f"Data root: `{manifest.get('data_root')}`.", ""]
+    lines += ["## Where predict.txt came from", "", *provenance_lines(root, out_dir), "",
+              "## Performance evolution", ""]
+    if rows:
+        lines += ["| phase | selected model | seeds | weighted F1 | neutral F1 | accuracy | from |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for r in rows:
+            cells = [f"{r[k][0]:.4f} ± {r[k][1]:.4f}" if r[k] else "-" for k in ("weighted_f1", "f1_neutral",
+                                                                                 "accuracy")]
+            lines.append(f"| {r['phase']} | {r['model']} | {r['n']} | " + " | ".join(cells) + f" | `{r['source']}` |")
+        lines += ["", "Each phase's row is the configuration it selected on this same validation split, so the "
+                  "rows are optimistic by the selection itself; the spread over seeds is the honest yardstick.", ""]
+        if fig:
+            lines += [f"![performance evolution]({_rel(fig, out_dir)})", ""]
+    else:
+        lines += ["No training phase has finished yet.", ""]
+    for title, summaries, figdir, how in PHASES:
+        lines += [f"## {title}", "", f"*How to read it:* {how}", ""]
+        found = next((root / s for s in summaries if (root / s).is_file()), None)
+        if found is None:
+            lines += [f"Not run yet (no `{summaries[0]}`).", ""]
+            continue
+        body = found.read_text(encoding="utf-8").strip()
+        body = re.sub(r"^# .*\n?", "", body, count=1)  # the section title replaces the file's own
+        body = re.sub(r"!\[([^\]]*)\]\((?!https?:|/)([^)]+)\)",
+                      lambda m, base=found.parent: f"![{m.group(1)}]({_rel(base / m.group(2), out_dir)})", body)
+        lines += [_demote(body, 1), ""]
+        figures = sorted((root / figdir).glob("*.png")) if (root / figdir).is_dir() else []
+        linked = set(re.findall(r"\(([^)]+\.png)\)", body))
+        for f in figures:
+            if _rel(f, out_dir) not in linked:
+                lines += [f"![{f.stem.replace('_', ' ')}]({_rel(f, out_dir)})", ""]
+    return write_text(out, "\n".join(lines).rstrip() + "\n")
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description="Write results/REPORT.md from the phases' run folders (reads summaries, "
+                                       "best.json files, figures and predict_test's provenance; computes nothing).")
+    p.add_argument("--root", type=Path, default=REPO, help="repository root whose phase*/ folders are read")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUT, help="the report's path (its figure goes next to it)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out = build(Path(args.root), Path(args.output))
+    print(f"report -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

@@ -1,0 +1,51 @@
+"""The report is assembled from whatever the phases wrote: sections, evolution table and figure, provenance."""
+
+from __future__ import annotations
+
+import json
+
+from msa import report
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_report_from_partial_run_folders(tmp_path):
+    root = tmp_path
+    _write(root / "phase0/results/data_summary.md", "# Phase 0\n\nkept 90 of 100\n")
+    _write(root / "phase1/results/Phase1_Baseline_summary.md", "# P1\n\n| a | b |\n")
+    _write(root / "phase1/results/Phase1_Baseline_summary.json", json.dumps({
+        "seeds": [1, 2], "settings": {"feature_fusion": "concat", "loss_type": "ce"},
+        "runs": {"weighted_f1": {"mean": 0.61, "std": 0.01}, "f1_neutral": {"mean": 0.2, "std": 0.05},
+                 "accuracy": {"mean": 0.65, "std": 0.02}}}))
+    _write(root / "phase3/results/summary.md", "# P3\n\n## sub\n![x](../figures/losses.png)\n")
+    _write(root / "phase3/results/best.json", json.dumps({
+        "method": "acb-none", "seeds": [1, 2], "method_mean": {
+            "weighted_f1": {"mean": 0.64, "std": 0.02}, "f1_neutral": {"mean": 0.3, "std": 0.04},
+            "accuracy": {"mean": 0.66, "std": 0.01}}}))
+    _write(root / "phase3/figures/losses.png", "png")
+    _write(root / "phase3/figures/reliability.png", "png")
+    _write(root / "results/predict_provenance.json", json.dumps({
+        "output": "predict.txt", "rows": 3, "counts": {"negative": 1, "neutral": 1, "positive": 1},
+        "checkpoint": "phase3/results/best/checkpoint", "source_run": "phase3/results/runs/acb-none-s1",
+        "model_sha256": "ab" * 32, "backbones": {"text": "minilm"}, "validation": {"weighted_f1": 0.65}}))
+    out = report.build(root, root / "results" / "REPORT.md")
+    md = out.read_text()
+    for title, *_ in report.PHASES:
+        assert f"## {title}" in md
+    assert md.count("Not run yet") == 4  # phases 2, 4, 5, 6
+    assert "kept 90 of 100" in md and "### sub" in md  # included and demoted one level
+    assert "| 1 | baseline: concat + ce | 2 | 0.6100 ± 0.0100 | 0.2000 ± 0.0500 |" in md
+    assert "| 3 | acb-none (tuned settings) | 2 | 0.6400 ± 0.0200 |" in md
+    assert (root / "results/figures/evolution.png").stat().st_size > 1000
+    assert "](figures/evolution.png)" in md
+    # a figure the summary links is not repeated; the other figure of the phase is appended
+    assert md.count("../phase3/figures/losses.png") == 1 and "../phase3/figures/reliability.png" in md
+    assert "a copy of `phase3/results/runs/acb-none-s1`" in md
+
+
+def test_report_before_any_phase(tmp_path):
+    md = report.build(tmp_path, tmp_path / "REPORT.md").read_text()
+    assert "No training phase has finished yet" in md and "has not been written" in md
