@@ -75,13 +75,15 @@ def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache
 
 def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, loss: str, train_cfg, hidden: int,
               dropout: float, args_record: dict, loss_kw: dict | None = None, progress: bool = True,
-              light: bool = False, init_from: Path | None = None) -> dict:
+              light: bool = False, init_from: Path | None = None, resume: bool = False) -> dict:
     """Train one model and write its run folder; returns the fit result plus ``metrics``.
 
     ``init_from`` (a checkpoint folder) fine-tunes that model, and its loss state, instead of a new one; its
     architecture must fit these features (the fusion and hidden arguments are then taken from it).
 
-    ``light`` (searches): no checkpoint and no figures, only config, history, metrics and predictions."""
+    ``light`` (searches): no checkpoint and no figures, only config, history, metrics and predictions.
+
+    ``resume`` continues an interrupted run from its last epoch state (``resume_state.pt``) when it has one."""
     import torch
 
     from msa.fusions import ModalitySpec, MultimodalClassifier
@@ -127,7 +129,7 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config)
     result = fit(model, loss_fn, train_ds, val_ds, train_cfg, LABELS, run_dir=run_dir,
-                 checkpoint_config=None if light else ckpt_config, progress=progress)
+                 checkpoint_config=None if light else ckpt_config, progress=progress, resume=resume)
     metrics = dict(result["best_metrics"] or {})
     metrics.update(best_epoch=result["best_epoch"], epochs_run=len(result["history"]),
                    seconds=round(time.time() - t0, 2))
@@ -163,6 +165,7 @@ class RunSpec:
     mixed_precision: str = "no"
     init_from: Path | None = None  # fine-tune this checkpoint folder instead of a new model
     train_idx: list[int] | None = None  # training rows other than the split's (e.g. augmented ones)
+    resume: bool = False  # continue from the run folder's last epoch state, if any
 
 
 _WORKER: dict = {}
@@ -189,7 +192,7 @@ def _run_one(spec: RunSpec) -> dict:
                     train_cfg=train_config(s, spec.seed, spec.mixed_precision), hidden=int(s["hidden"]),
                     dropout=float(s["dropout"]),
                     args_record=_WORKER["record"], loss_kw=spec.loss_kw, progress=False, light=spec.light,
-                    init_from=spec.init_from)
+                    init_from=spec.init_from, resume=spec.resume)
     return {"tag": spec.tag, "seed": spec.seed, "run_dir": str(spec.run_dir), **res["metrics"]}
 
 

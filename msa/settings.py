@@ -48,7 +48,7 @@ def add_model_args(p, fusion: bool = True, loss: bool = True) -> None:
                    help=f"dropout in projections and head (default {DEFAULTS['dropout']})")
 
 
-def add_training_args(p, seeds: str = "42") -> None:
+def add_training_args(p, seeds: str = "42", resume: bool = True) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--learning-rate", type=float, default=None,
                    help=f"AdamW learning rate (default {DEFAULTS['learning_rate']})")
@@ -65,6 +65,15 @@ def add_training_args(p, seeds: str = "42") -> None:
                         f"(default {DEFAULTS['patience']}; 0 = never)")
     t.add_argument("--seeds", default=seeds, help="comma-separated seeds; one run per seed")
     t.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="Accelerate mixed precision")
+    if resume:
+        add_resume_arg(t)
+
+
+def add_resume_arg(group) -> None:
+    group.add_argument("--resume", action="store_true",
+                       help="continue training runs that were interrupted from their last epoch state "
+                            "(resume_state.pt in the run folder: model, optimiser, scheduler, RNG and early-stopping "
+                            "state) instead of starting them over; the result is the same as an uninterrupted run")
 
 
 def read_json_file(path: str | Path, what: str) -> dict:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: arguments that never change what a phase computes
-VOLATILE_ARGS = ("verbose", "force", "jobs", "feature_batch_size", "batch_size_features", "progress")
+VOLATILE_ARGS = ("verbose", "force", "resume", "jobs", "feature_batch_size", "batch_size_features", "progress")
 
 
 def code_sha256(*paths: str | Path) -> str:

@@ -142,7 +142,8 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, sampler:
         weights = (1.0 / counts)[labels]
         sampler_obj = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
                                                              generator=gen)
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler_obj, collate_fn=collate, num_workers=0)
+        return _with_generator(DataLoader(ds, batch_size=batch_size, sampler=sampler_obj, collate_fn=collate,
+                                          num_workers=0), gen)
     if sampler != "none":
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     token_mods = getattr(ds, "token_modalities", [])
@@ -153,9 +154,45 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, sampler:
         else:  # evaluation: rows sorted by length (callers reorder by the returned indices)
             order = sorted(range(len(lengths)), key=lambda i: lengths[i])
             batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=0)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen,
-                      num_workers=0, drop_last=False)
+        return _with_generator(DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=0), gen)
+    return _with_generator(DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen,
+                                      num_workers=0, drop_last=False), gen)
+
+
+def _with_generator(loader: DataLoader, gen: torch.Generator) -> DataLoader:
+    loader.msa_generator = gen  # the shuffling state, saved with the resume state
+    return loader
+
+
+RESUME_FILE = "resume_state.pt"
+
+
+def _rng_state() -> dict:
+    npst = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)),
+                                                      int(npst[2]), int(npst[3]), float(npst[4])],
+            "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def load_resume_state(run_dir: str | Path) -> dict | None:
+    """The last epoch's training state of ``run_dir`` (None when there is none or it is unreadable); loaded with
+    ``weights_only=True``, so nothing in the file is executed."""
+    path = Path(run_dir) / RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged state means starting over, never a crash
+        log.warning("ignoring unreadable resume state %s (%s): training starts over", path, type(exc).__name__)
+        return None
 
 
 def _forward(model, batch: dict) -> torch.Tensor:
@@ -198,11 +235,14 @@ def predict_proba(model, loader: DataLoader, accelerator=None) -> tuple[np.ndarr
 
 def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
         labels: Sequence[str], run_dir: str | Path | None = None, checkpoint_config: dict | None = None,
-        progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict:
+        progress: bool = True, on_epoch: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
     """Train with early stopping on validation weighted F1; returns history, best metrics and val predictions.
 
     With ``run_dir``, ``history.csv`` is rewritten each epoch and ``checkpoint/`` each time validation
-    weighted F1 improves (the model's best state is also restored into ``model`` at the end).
+    weighted F1 improves (the model's best state is also restored into ``model`` at the end). With a checkpoint
+    config, the whole training state (model, optimiser, scheduler, loss state, RNG and shuffling states, early
+    stopping counters, history) is saved after every epoch to ``resume_state.pt`` and removed when training
+    ends; ``resume=True`` continues from it, giving the same result as an uninterrupted run.
     """
     from accelerate import Accelerator
 
@@ -213,6 +253,7 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
     seed_everything(cfg.seed)
     acc = Accelerator(mixed_precision=cfg.mixed_precision)
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.sampler)
+    shuffle_gen = train_loader.msa_generator
     val_loader = make_loader(val_ds, max(cfg.batch_size, 256), False, cfg.seed)
     # fused AdamW: one kernel for all parameters instead of a dozen small ops per tensor (~8% of a head's epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -227,9 +268,29 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
 
     history: list[dict] = []
     best = {"score": -1.0, "epoch": -1, "state": None, "metrics": None, "proba": None, "index": None}
-    stale = 0
-    bar = tqdm(range(1, cfg.num_epochs + 1), desc="epochs", unit="epoch", disable=None if progress else True)
+    stale, first = 0, 1
+    keep_state = run_dir is not None and checkpoint_config is not None and acc.is_main_process
+    state = load_resume_state(run_dir) if (resume and run_dir is not None) else None
+    if state is not None and state.get("config") == cfg.as_dict():
+        acc.unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loss_fn.load_state_dict(state["loss"])
+        shuffle_gen.set_state(state["shuffle"])
+        _set_rng_state(state["rng"])
+        history, stale, first = list(state["history"]), int(state["stale"]), int(state["epoch"]) + 1
+        b = state["best"]
+        best.update(score=float(b["score"]), epoch=int(b["epoch"]), metrics=b["metrics"], state=b["state"],
+                    proba=b["proba"].numpy() if b["proba"] is not None else None,
+                    index=b["index"].numpy() if b["index"] is not None else None)
+        log.info("resuming %s after epoch %d (best epoch %d)", run_dir, state["epoch"], best["epoch"])
+    elif state is not None:
+        log.warning("%s holds the state of a run with other settings: training starts over", run_dir)
+    bar = tqdm(range(first, cfg.num_epochs + 1), desc="epochs", unit="epoch", disable=None if progress else True,
+               initial=first - 1, total=cfg.num_epochs)
     for epoch in bar:
+        if cfg.patience and stale >= cfg.patience:  # a resumed run that had already stopped
+            break
         model.train()
         loss_fn.train()
         t0, total_loss, seen = time.time(), 0.0, 0
@@ -271,6 +332,9 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
                 save_checkpoint(run_dir / "checkpoint", unwrapped, checkpoint_config, loss_fn=loss_fn)
         else:
             stale += 1
+        if keep_state:
+            _save_resume_state(run_dir, cfg, epoch, acc.unwrap_model(model), optimizer, scheduler, loss_fn,
+                               shuffle_gen, history, stale, best)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", wf1=f"{row.get('weighted_f1', float('nan')):.3f}")
         if on_epoch is not None:
             on_epoch(row)
@@ -278,9 +342,26 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
             log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
             break
     bar.close()
+    if keep_state:
+        (run_dir / RESUME_FILE).unlink(missing_ok=True)
     model = acc.unwrap_model(model)
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
     return {"history": history, "best_epoch": best["epoch"], "best_metrics": best["metrics"],
             "val_proba": best["proba"], "val_index": best["index"], "model": model}
+
+
+def _save_resume_state(run_dir: Path, cfg: TrainConfig, epoch: int, model, optimizer, scheduler, loss_fn,
+                       shuffle_gen: torch.Generator, history: list[dict], stale: int, best: dict) -> None:
+    from msa.io import atomic_path
+
+    state = {"config": cfg.as_dict(), "epoch": epoch, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loss": loss_fn.state_dict(),
+             "shuffle": shuffle_gen.get_state(), "rng": _rng_state(), "history": history, "stale": stale,
+             "best": {"score": best["score"], "epoch": best["epoch"], "metrics": best["metrics"],
+                      "state": best["state"],
+                      "proba": torch.from_numpy(best["proba"]) if best["proba"] is not None else None,
+                      "index": torch.from_numpy(np.asarray(best["index"])) if best["index"] is not None else None}}
+    with atomic_path(Path(run_dir) / RESUME_FILE) as tmp:
+        torch.save(state, tmp)

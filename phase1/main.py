@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         cfg = train_config(s, seed, args.mixed_precision)
         run_dir = args.results_dir / f"{args.name}-s{seed}"
         res = train_run(run_dir, fs, data, fusion=s["feature_fusion"], loss=s["loss_type"], train_cfg=cfg,
-                        hidden=s["hidden"], dropout=s["dropout"], args_record=record)
+                        hidden=s["hidden"], dropout=s["dropout"], args_record=record, resume=args.resume)
         m = res["metrics"]
         print(f"seed {seed}: val accuracy {m['accuracy']:.4f}  weighted F1 {m['weighted_f1']:.4f}  "
               f"neutral F1 {m['f1_neutral']:.4f}  (best epoch {m['best_epoch']}) -> {run_dir}")

@@ -38,7 +38,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--fusions", default=",".join(FUSIONS),
                    help="comma-separated fusions to compare (default: the whole registry)")
     add_model_args(p, fusion=False)
-    add_training_args(p, seeds="42,43,44")
+    add_training_args(p, seeds="42,43,44", resume=False)
     o = p.add_argument_group("execution and output")
     o.add_argument("--jobs", type=int, default=2, help="training processes in parallel (one torch thread each)")
     o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")

@@ -57,7 +57,7 @@ def build_parser() -> cli.ArgumentParser:
                    help="best_config.json of the fusion search: the starting point, updated at the end")
     s.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
     add_model_args(p, fusion=True, loss=False)
-    add_training_args(p, seeds="42,43")
+    add_training_args(p, seeds="42,43", resume=False)
     o = p.add_argument_group("output")
     o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where the trial table goes")

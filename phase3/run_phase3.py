@@ -299,7 +299,7 @@ def main(argv=None) -> int:
     methods = [(loss, sampler) for loss in losses for sampler in samplers]
     specs = [RunSpec(args.results_dir / "runs" / f"{loss}-{sampler}-s{seed}",
                      {**s, "loss_type": loss, "sampler": sampler}, seed, loss_kw=kws[loss], light=False,
-                     tag=f"{loss}-{sampler}", mixed_precision=args.mixed_precision)
+                     tag=f"{loss}-{sampler}", mixed_precision=args.mixed_precision, resume=args.resume)
              for loss, sampler in methods for seed in seeds]
     results = run_grid(specs, fs, data, jobs=args.jobs, record=record, desc="phase 3 loss x sampler x seed")
     grid_seconds = time.time() - t0

@@ -59,6 +59,7 @@ SELECT_METRICS = ("weighted_f1", "macro_f1", "f1_neutral", "accuracy")
 
 def build_parser() -> cli.ArgumentParser:
     from msa.augment import MODES
+    from msa.settings import add_resume_arg
     from phase4.augmentations import add_captioner_args
 
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
@@ -90,6 +91,7 @@ def build_parser() -> cli.ArgumentParser:
     t.add_argument("--select-metric", default="weighted_f1", choices=SELECT_METRICS,
                    help="validation metric that picks the best mode (mean over seeds) and its best seed")
     t.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="Accelerate mixed precision")
+    add_resume_arg(t)
     o = p.add_argument_group("execution and output")
     o.add_argument("--jobs", type=int, default=2,
                    help="fine-tuning processes in parallel (one torch thread each); 1 = in this process")
@@ -334,7 +336,8 @@ def main(argv=None) -> int:
             run_dir = args.results_dir / "runs" / f"{mode}-s{seed}"
             write_csv(run_dir / "train_index.csv", index_frame(rows, aug, data_dir))
             specs.append(RunSpec(run_dir, ft, seed, loss_kw=best3["loss_kw"], light=False, tag=mode,
-                                 mixed_precision=args.mixed_precision, init_from=starts[seed], train_idx=rows))
+                                 mixed_precision=args.mixed_precision, init_from=starts[seed], train_idx=rows,
+                                 resume=args.resume))
     results = run_grid(specs, aug.fs, aug_data, jobs=args.jobs, record=record, desc="phase 4 mode x seed")
 
     # 4. the same validation posts, checked run by run

@@ -62,6 +62,8 @@ DEFAULT_SEEDS = "42,43,44"
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
     cli.add_data_args(p)
+    from msa.settings import add_resume_arg
+
     g = p.add_argument_group("phase 5 ablation")
     g.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint folder (or its run folder) of the model to ablate (default: the first of "
@@ -71,6 +73,7 @@ def build_parser() -> cli.ArgumentParser:
     g.add_argument("--seeds", default=None,
                    help="comma-separated seeds of the retrained models (default: the seeds of the model's phase: "
                         f"best.json's seed runs, else the run's --seeds, else {DEFAULT_SEEDS})")
+    add_resume_arg(g)
     g.add_argument("--recipe-run", type=Path, default=None,
                    help="run folder whose config.json is the recipe of the retrained models (default: the "
                         "checkpoint's run folder; for a fine-tuned model, the run its fine-tuning started from)")
@@ -363,7 +366,7 @@ def main(argv=None) -> int:
                       "ablation": {"model": retrained_name(kind), "modalities": list(mods),
                                    "recipe_from": str(rc_path), "checkpoint": str(checkpoint)}}
             specs = [RunSpec(args.results_dir / "runs" / f"{kind}-s{seed}", settings, seed, loss_kw=rec["loss_kw"],
-                             light=False, tag=kind, mixed_precision=mixed) for seed in seeds]
+                             light=False, tag=kind, mixed_precision=mixed, resume=args.resume) for seed in seeds]
             out = run_grid(specs, only(fs, mods), data, jobs=args.jobs, record=record,
                            desc=f"phase 5 {retrained_name(kind)} x seed")
             results += [{"model": retrained_name(kind), "modalities": "+".join(mods), "fusion": fusion, **r}

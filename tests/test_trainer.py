@@ -118,3 +118,53 @@ def test_fine_tuning_starts_from_the_checkpoint(tmp_path):
     assert cfg_b["init_from"].endswith("checkpoint")
     ck = json.loads((tmp_path / "b" / "checkpoint" / "config.json").read_text())
     assert ck["model"]["fusion"] == "concat" and ck["model"]["hidden"] == 32  # the checkpoint's architecture
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fusion, tokens, loss, sampler", [("concat", False, "acb", "none"),
+                                                           ("cross_attention", True, "ce", "balanced")])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, fusion, tokens, loss, sampler):
+    from msa.trainer import RESUME_FILE
+
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=7, batch_size=32, patience=0, seed=3, sampler=sampler)
+
+    def run(run_dir, stop_at=None, resume=False):
+        model, train, val = _setup(fusion, tokens, seed=5)
+        ck = {"model": model.config(), "labels": list(LABELS), "backbones": {}}
+
+        def on_epoch(row):
+            if stop_at is not None and row["epoch"] == stop_at:
+                raise _Stop
+
+        return fit(model, build_loss(loss, class_counts=[60, 60, 60]), train, val, cfg, LABELS, run_dir=run_dir,
+                   checkpoint_config=ck, progress=False, on_epoch=on_epoch, resume=resume)
+
+    ref = run(tmp_path / "ref")
+    assert not (tmp_path / "ref" / RESUME_FILE).exists()  # removed when training ends
+    with pytest.raises(_Stop):
+        run(tmp_path / "crash", stop_at=4)
+    assert (tmp_path / "crash" / RESUME_FILE).is_file()
+    resumed = run(tmp_path / "crash", resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == list(range(1, 8))
+    assert resumed["best_epoch"] == ref["best_epoch"]
+    assert resumed["best_metrics"]["weighted_f1"] == pytest.approx(ref["best_metrics"]["weighted_f1"], abs=1e-9)
+    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in ref["history"]],
+                                                                         rel=1e-6)
+    a = load_checkpoint(tmp_path / "ref" / "checkpoint")[0].state_dict()
+    b = load_checkpoint(tmp_path / "crash" / "checkpoint")[0].state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_damaged_resume_state_starts_over(tmp_path):
+    from msa.trainer import RESUME_FILE
+
+    (tmp_path / RESUME_FILE).write_bytes(b"not a torch file")
+    model, train, val = _setup()
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=2, batch_size=32, patience=0, seed=1)
+    res = fit(model, build_loss("ce"), train, val, cfg, LABELS, run_dir=tmp_path,
+              checkpoint_config={"model": model.config(), "labels": list(LABELS), "backbones": {}},
+              progress=False, resume=True)
+    assert len(res["history"]) == 2
