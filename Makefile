@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.installed
 FORCE  ?=
 F      := $(if $(FORCE),--force,)
 
-.PHONY: setup run phase0 phase1 phase2 phase3 phase4 phase5 predict report test lint clean help
+.PHONY: setup run phase0 phase1 phase2 phase3 phase4 phase5 phase6 predict report test lint clean help
 
 help:
 	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
@@ -32,7 +32,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-run: setup phase0 phase1 phase2 phase3 phase4 phase5 predict report
+run: setup phase0 phase1 phase2 phase3 phase4 phase5 phase6 predict report
 
 phase0: setup
 	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(F) $(PHASE0_ARGS)
@@ -53,6 +53,9 @@ phase4: setup
 
 phase5: setup
 	$(PY) phase5/run_phase5.py --data-root $(DATA) --seeds $(SEEDS) $(F)
+
+phase6: setup
+	$(PY) phase6/run_phase6.py --data-root $(DATA) $(F)
 
 predict: setup
 	$(PY) phase4/predict_test.py --data-root $(DATA)
