@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_ROOT = Path("dataset")
+#: where the feature, embedding and caption caches live (relative to the working directory): $MSA_CACHE_DIR or cache/
+CACHE_ROOT = Path(os.environ.get("MSA_CACHE_DIR") or "cache")
 
 UNDERSCORE_NOTE = "Every --flag-name is also accepted as --flag_name."
 

@@ -29,13 +29,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from msa.cli import CACHE_ROOT
 from msa.data import load_image, normalize_text, read_text, validate_guid
 from msa.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = "1"
-DEFAULT_CACHE_DIR = Path("cache") / "features"
+DEFAULT_CACHE_DIR = CACHE_ROOT / "features"
 PLACEHOLDER_KEY = "placeholder-image-v1"
 TEXT_NORMALISATION = {"url_token": "", "mention_token": "@user", "drop_rt": True, "split_hashtags": True,
                       "emoji_words": True}
@@ -276,7 +277,22 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
             fs.tokens["image"] = toks
         fs.backbones["image"] = _info_dict(image_backbone.info)
         fs.stats["image"] = {"computed": computed, "corrupt": store.corrupt, "total": len(guids)}
+    if any(st["computed"] for st in fs.stats.values()):
+        release_memory()
     return fs
+
+
+def release_memory() -> None:
+    """Give the memory of finished backbone passes back to the system (glibc keeps freed arenas otherwise), so a
+    phase that trains in worker processes after extracting features does not hold the extraction's peak."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _info_dict(info) -> dict:

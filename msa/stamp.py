@@ -23,13 +23,18 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: arguments that never change what a phase computes
-VOLATILE_ARGS = ("verbose", "force", "resume", "jobs", "feature_batch_size", "batch_size_features", "progress")
+VOLATILE_ARGS = ("verbose", "force", "resume", "jobs", "cache_dir", "caption_cache", "feature_batch_size",
+                 "batch_size_features", "progress")
+
+
+#: library modules that cannot change what a phase computes (the report reads results; stamps are bookkeeping)
+NOT_RESULTS = ("report.py", "stamp.py")
 
 
 def code_sha256(*paths: str | Path) -> str:
-    """One hash over the shared library and the given scripts/folders (``*.py`` files, sorted)."""
+    """One hash over the shared library (less :data:`NOT_RESULTS`) and the given scripts/folders (``*.py``)."""
     h = hashlib.sha256()
-    files: list[Path] = sorted((REPO_ROOT / "msa").glob("*.py"))
+    files: list[Path] = sorted(f for f in (REPO_ROOT / "msa").glob("*.py") if f.name not in NOT_RESULTS)
     for p in paths:
         p = Path(p)
         files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
@@ -89,9 +94,13 @@ def check(path: str | Path, inputs: dict, force: bool = False, what: str = "this
 
 
 def _changed(old: dict, new: dict) -> list[str]:
+    if not isinstance(old, dict):
+        return ["stamp format"]
     out = []
     for section in ("arguments", "files", "extra"):
         a, b = old.get(section) or {}, new.get(section) or {}
+        if not isinstance(a, dict):
+            a = {}
         out += [f"{section[:-1] if section != 'extra' else 'extra'} {k}" for k in sorted(set(a) | set(b))
                 if a.get(k) != b.get(k)]
     if old.get("code") != new.get("code"):

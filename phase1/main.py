@@ -37,7 +37,7 @@ def build_parser() -> cli.ArgumentParser:
     add_model_args(p)
     add_training_args(p)
     o = p.add_argument_group("features and output")
-    o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
+    o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where run folders go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where summary figures go")

@@ -41,7 +41,7 @@ def build_parser() -> cli.ArgumentParser:
     add_training_args(p, seeds="42,43,44", resume=False)
     o = p.add_argument_group("execution and output")
     o.add_argument("--jobs", type=int, default=2, help="training processes in parallel (one torch thread each)")
-    o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
+    o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the chart goes")

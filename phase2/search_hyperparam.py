@@ -59,7 +59,7 @@ def build_parser() -> cli.ArgumentParser:
     add_model_args(p, fusion=True, loss=False)
     add_training_args(p, seeds="42,43", resume=False)
     o = p.add_argument_group("output")
-    o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
+    o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where the trial table goes")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where Optuna's plots go")
     stamp.add_force_arg(o)

@@ -44,7 +44,7 @@ def add_captioner_args(p) -> None:
                    help="openai captioner: retries of 429 (honouring Retry-After), 5xx, timeouts, connection errors")
     g.add_argument("--vlm-max-side", type=int, default=768,
                    help="openai captioner: images are downscaled to this longest side and re-encoded as JPEG")
-    g.add_argument("--caption-cache", type=Path, default=Path("cache/captions"),
+    g.add_argument("--caption-cache", type=Path, default=cli.CACHE_ROOT / "captions",
                    help="caption cache folder (one JSON file per model, prompt and image)")
 
 

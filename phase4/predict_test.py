@@ -37,7 +37,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--test-file", type=Path, default=None,
                    help="test index guid,tag (default <data-root>/test_without_label.txt)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where guid,tag predictions go")
-    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
+    p.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of the frozen backbones")
     p.add_argument("--probabilities", type=Path, default=None,
                    help="optional CSV with guid, predicted tag and the three probabilities")

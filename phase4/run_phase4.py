@@ -95,7 +95,7 @@ def build_parser() -> cli.ArgumentParser:
     o = p.add_argument_group("execution and output")
     o.add_argument("--jobs", type=int, default=2,
                    help="fine-tuning processes in parallel (one torch thread each); 1 = in this process")
-    o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
+    o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--gallery", type=int, default=6, help="hard samples shown in figures/hard_samples.png")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")

@@ -82,7 +82,7 @@ def build_parser() -> cli.ArgumentParser:
     o = p.add_argument_group("execution and output")
     o.add_argument("--jobs", type=int, default=2,
                    help="training processes in parallel (one torch thread each); 1 = in this process")
-    o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature cache folder")
+    o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the figures go")
@@ -256,10 +256,10 @@ def main(argv=None) -> int:
     ckpts, seed_source = seed_checkpoints(checkpoint)
     configs = [read_checkpoint_config(c) for c in ckpts]
     stamp_path = args.results_dir / "inputs.json"
-    inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
+    stamp_inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
                              + [c / "model.safetensors" for c in ckpts] + [c.parent / "config.json" for c in ckpts]
                              + ([Path(seed_source)] if seed_source else []), code=[Path(__file__)])
-    if stamp.check(stamp_path, inputs, args.force, "phase 5"):
+    if stamp.check(stamp_path, stamp_inputs, args.force, "phase 5"):
         print(f"phase 5: up to date ({args.results_dir}); --force recomputes")
         return 0
     run_configs = [check_checkpoint(c, cfg, data) for c, cfg in zip(ckpts, configs)]
@@ -455,7 +455,7 @@ def main(argv=None) -> int:
                title=f"Phase 5: modality ablation on the validation split ({len(val)} posts; masking: {n_txt}; "
                "weighted recall = accuracy, not drawn)")
 
-    stamp.write(stamp_path, inputs, [args.results_dir / "ablation.csv", args.results_dir / "ablation.md"])
+    stamp.write(stamp_path, stamp_inputs, [args.results_dir / "ablation.csv", args.results_dir / "ablation.md"])
     print(md)
     print(f"tables -> {args.results_dir}, figures -> {args.figures_dir} ({time.time() - t0:.0f} s)")
     return 0

@@ -92,7 +92,8 @@ def build_parser() -> cli.ArgumentParser:
     o.add_argument("--reference", default="auto",
                    help="reference model row: 'auto' (phase4/results/best/metrics.json, else phase3's, else "
                         "phase1's), 'none', or a run folder / metrics.json path")
-    o.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="feature and embedding cache folder")
+    o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features",
+                   help="feature and embedding cache folder")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where the tables go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the figure goes")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -1,0 +1,105 @@
+"""Run the whole pipeline as `make run` does and print each step's wall time and peak memory.
+
+    python benchmarks/bench_pipeline.py --data-root ../shared/mvsa           # warm: what a rerun costs
+    python benchmarks/bench_pipeline.py --data-root ../shared/mvsa --cold    # empty caches, every phase recomputed
+
+The steps are exactly the commands of `make -n run DATA=...` (so the benchmark never drifts from the Makefile).
+--cold adds FORCE=1 (every phase recomputes) and points $MSA_CACHE_DIR at a fresh temporary folder, so the feature,
+embedding and caption caches start empty while your own cache/ is left alone. Either way the phases write their
+usual results folders. Peak memory is the largest summed resident set size of the step's process tree (the step
+and its worker processes), sampled every 0.1 s. The last line is ``total_s=<seconds> peak_mib=<MiB>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from msa import cli  # noqa: E402
+
+
+def steps(data_root: str, force: bool, extra: list[str]) -> list[list[str]]:
+    """The python commands `make run` would run, in order."""
+    cmd = ["make", "-n", "-s", "run", f"DATA={data_root}"] + (["FORCE=1"] if force else []) + extra
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    py = ".venv/bin/python"
+    return [shlex.split(line) for line in out.splitlines()
+            if line.startswith(py + " ") and " -m pip " not in line and " -m venv " not in line]
+
+
+def run_step(argv: list[str], env: dict, log) -> tuple[float, float, int]:
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    return time.perf_counter() - t0, peak / 2**20, proc.returncode
+
+
+def main(argv=None) -> int:
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--data-root", default="dataset/", help="the DATA of make run")
+    p.add_argument("--cold", action="store_true", help="empty caches (temporary $MSA_CACHE_DIR) and FORCE=1")
+    p.add_argument("--make-var", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra make variable, e.g. --make-var TRIALS=20 (repeatable)")
+    p.add_argument("--log", type=Path, default=None, help="where the steps' output goes (default: a temp file)")
+    p.add_argument("--output", type=Path, default=None, help="also write the timings as JSON here")
+    args = p.parse_args(argv)
+    if not (REPO / ".venv" / "bin" / "python").is_file():
+        raise cli.UserError("no .venv: run `make setup` first (the benchmark times the pipeline, not the install)")
+    todo = steps(args.data_root, args.cold, args.make_var)
+    env = dict(os.environ)
+    tmp = tempfile.TemporaryDirectory(prefix="msa-bench-cache-") if args.cold else None
+    if tmp is not None:
+        env["MSA_CACHE_DIR"] = tmp.name
+    log_path = args.log or Path(tempfile.mkstemp(prefix="msa-bench-", suffix=".log")[1])
+    rows = []
+    print(f"{len(todo)} steps of `make run DATA={args.data_root}`{' (cold)' if args.cold else ''}; output -> "
+          f"{log_path}", flush=True)
+    try:
+        with open(log_path, "w", encoding="utf-8") as log:
+            for argv_ in todo:
+                name = " ".join(a for a in argv_[1:3] if not a.startswith("--"))
+                log.write(f"\n$ {' '.join(argv_)}\n")
+                log.flush()
+                wall, peak, rc = run_step(argv_, env, log)
+                rows.append({"step": name, "seconds": round(wall, 1), "peak_mib": round(peak), "rc": rc})
+                print(f"  {name:<34} {wall:8.1f} s {peak:8.0f} MiB" + (f"  FAILED (exit {rc})" if rc else ""),
+                      flush=True)
+                if rc:
+                    raise cli.UserError(f"step failed: {' '.join(argv_)} (see {log_path})")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    total = sum(r["seconds"] for r in rows)
+    peak = max((r["peak_mib"] for r in rows), default=0)
+    print("\n| step | wall s | peak MiB |\n|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['step']} | {r['seconds']:.1f} | {r['peak_mib']} |")
+    print(f"| **total** | **{total:.1f}** | **{peak}** |")
+    if args.output:
+        args.output.write_text(json.dumps({"cold": args.cold, "data_root": args.data_root, "steps": rows,
+                                           "total_s": total, "peak_mib": peak}, indent=1))
+    print(f"total_s={total:.1f} peak_mib={peak}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
