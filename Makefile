@@ -10,6 +10,7 @@ PHASE2_ARGS ?=
 PHASE3_ARGS ?=
 # e.g. PHASE4_ARGS="--captioner openai --vlm-model qwen-vl-plus" (key in VLM_API_KEY)
 PHASE4_ARGS ?=
+FINAL_ARGS ?=
 TRIALS ?= 50
 SEEDS  ?= 42,43,44
 STAMP  := $(VENV)/.installed
@@ -17,7 +18,7 @@ STAMP  := $(VENV)/.installed
 FORCE  ?=
 F      := $(if $(FORCE),--force,)
 
-.PHONY: setup run phase0 phase1 phase2 phase3 phase4 phase5 phase6 predict report test lint clean help
+.PHONY: setup run phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
 
 help:
 	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
@@ -32,7 +33,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-run: setup phase0 phase1 phase2 phase3 phase4 phase5 phase6 predict report
+run: setup phase0 phase1 phase2 phase3 phase4 phase5 phase6 final predict report
 
 phase0: setup
 	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(F) $(PHASE0_ARGS)
@@ -56,6 +57,14 @@ phase5: setup
 
 phase6: setup
 	$(PY) phase6/run_phase6.py --data-root $(DATA) $(F)
+
+final: setup
+	$(PY) final/run_final.py --data-root $(DATA) $(F) $(FINAL_ARGS)
+
+# the final recipe's contribution table (trains three more variants on the same folds), in final/ablation/
+ablation: setup
+	$(PY) final/run_final.py --data-root $(DATA) --ablation --results-dir final/ablation \
+	    --figures-dir final/ablation/figures $(F) $(FINAL_ARGS)
 
 predict: setup
 	$(PY) phase4/predict_test.py --data-root $(DATA)

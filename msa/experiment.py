@@ -166,6 +166,7 @@ class RunSpec:
     init_from: Path | None = None  # fine-tune this checkpoint folder instead of a new model
     train_idx: list[int] | None = None  # training rows other than the split's (e.g. augmented ones)
     resume: bool = False  # continue from the run folder's last epoch state, if any
+    val_idx: list[int] | None = None  # early-stopping rows other than the split's (e.g. an inner validation set)
 
 
 _WORKER: dict = {}
@@ -188,6 +189,8 @@ def _run_one(spec: RunSpec) -> dict:
     data = _WORKER["data"]
     if spec.train_idx is not None:
         data = replace(data, train_idx=list(spec.train_idx))
+    if spec.val_idx is not None:
+        data = replace(data, val_idx=list(spec.val_idx))
     res = train_run(spec.run_dir, _WORKER["fs"], data, fusion=s["feature_fusion"], loss=s["loss_type"],
                     train_cfg=train_config(s, spec.seed, spec.mixed_precision), hidden=int(s["hidden"]),
                     dropout=float(s["dropout"]),

@@ -39,6 +39,9 @@ PHASES = (
      "Masking one modality of the trained model vs retraining without it."),
     ("Phase 6: CLIP linear probes", ["phase6/results/summary.md"], "phase6/figures",
      "Linear probes on frozen embeddings (CLIP when its folder exists) against the phase-4 model."),
+    ("Final recipe: cross-validated", ["final/ablation/summary.md", "final/results/summary.md"], "final/figures",
+     "The recipe predict.txt comes from, measured by 5-fold CV with early stopping and the decision rule on "
+     "inner validation data; each ablation row removes or swaps one part (Δ on the same folds)."),
 )
 
 
@@ -88,6 +91,14 @@ def evolution(root: Path = REPO) -> list[dict]:
     if p4:
         add("4", f"caption mode {p4.get('mode')}", p4.get("method_mean"), len(p4.get("seeds") or []),
             "phase4/results/best.json")
+    fin = _read_json(root / "final/results/summary.json")
+    if fin:
+        row = next((r for r in fin.get("table", []) if r.get("row") == "final"), None)
+        if row:
+            stats = {k: {"mean": row[f"{k}_mean"], "std": row[f"{k}_std"]} for k in ("weighted_f1", "f1_neutral",
+                                                                                   "accuracy")}
+            add("final", f"{len(fin.get('folds', []))}-fold CV ensemble", stats, len(fin.get("folds", [])),
+                "final/results/summary.json (mean ± std over folds)")
     return rows
 
 

@@ -6,7 +6,8 @@ Run from the repository root:
     python phase4/predict_test.py --checkpoint phase1/results/Phase1_Baseline-s42/checkpoint \\
         --test-file dataset/test_without_label.txt --data-root dataset/ --output predict.txt
 
-Reads  a checkpoint folder (default: phase4/results/best/checkpoint, else phase3's, else phase1's best,
+Reads  a checkpoint or ensemble folder (default: the final recipe's final/results/best ensemble, else
+       phase4/results/best/checkpoint, else phase3's, else phase1's best,
        else the newest phase*/results/*/checkpoint), the test index and <data-root>/data/* (through the feature cache)
 Writes --output (default predict.txt at the repository root): a 'guid,tag' header, then one row per test guid
        in the test file's order; guids with a broken image or text still get a prediction (placeholders)
@@ -32,7 +33,8 @@ def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--data-root", type=Path, default=Path("dataset"), help="dataset root holding data/")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="checkpoint folder (default: the first of phase4/, phase3/, phase1/results/best/checkpoint "
+                   help="checkpoint or ensemble folder (default: final/results/best, else the first of phase4/, "
+                        "phase3/, phase1/results/best/checkpoint "
                         "that exists, else the newest run's)")
     p.add_argument("--test-file", type=Path, default=None,
                    help="test index guid,tag (default <data-root>/test_without_label.txt)")
@@ -47,6 +49,37 @@ def build_parser() -> cli.ArgumentParser:
                         "--output, else <output>.provenance.json")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def default_model() -> Path:
+    """predict_test's default: the final recipe's ensemble when it exists, else :func:`default_checkpoint`."""
+    from msa.ensemble import is_ensemble
+
+    final = REPO / "final" / "results" / "best"
+    return final if is_ensemble(final) else default_checkpoint()
+
+
+def load_members(ckpt: Path):
+    """``([(model, config), ...], bias)`` of a checkpoint folder or an ensemble folder, every member checked."""
+    from msa.checkpoint import load_checkpoint
+    from msa.data import LABELS
+    from msa.ensemble import is_ensemble, read_ensemble
+    from msa.features import TEXT_NORMALISATION
+
+    if is_ensemble(ckpt):
+        spec = read_ensemble(ckpt)
+        members, bias = [load_checkpoint(d) for d in spec["member_dirs"]], spec.get("bias")
+    else:
+        members, bias = [load_checkpoint(ckpt)], None
+    first = members[0][1]
+    for _, config in members:
+        if list(config.get("labels", [])) != list(LABELS):
+            raise cli.UserError(f"{ckpt} predicts labels {config.get('labels')}, this project uses {list(LABELS)}")
+        if config.get("text_normalisation", TEXT_NORMALISATION) != TEXT_NORMALISATION:
+            raise cli.UserError(f"{ckpt} was trained with another text normalisation; retrain it with this version")
+        if config.get("backbones") != first.get("backbones"):
+            raise cli.UserError(f"the members of {ckpt} were trained on different backbones")
+    return members, bias
 
 
 def default_checkpoint() -> Path:
@@ -83,13 +116,16 @@ def backbones_for(config: dict):
     return built["text"], built["image"]
 
 
-def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts: dict) -> None:
+def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts: dict, n_members: int = 1,
+                     bias=None) -> None:
     import json
     import time
 
+    from msa.ensemble import ENSEMBLE_FILE
     from msa.io import file_sha256, write_json
 
-    run = Path(ckpt).parent
+    ensemble = (Path(ckpt) / ENSEMBLE_FILE).is_file()
+    run = Path(ckpt) if ensemble else Path(ckpt).parent
     source = (run / "SOURCE").read_text(encoding="utf-8").strip() if (run / "SOURCE").is_file() else None
     metrics = {}
     if (run / "metrics.json").is_file():
@@ -97,7 +133,9 @@ def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts:
         metrics = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "f1_neutral") if k in m}
     write_json(path, {"output": str(Path(output).resolve()), "rows": int(sum(counts.values())), "counts": counts,
                       "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "checkpoint": str(Path(ckpt).resolve()),
-                      "source_run": source, "model_sha256": file_sha256(Path(ckpt) / "model.safetensors"),
+                      "source_run": source, "model_sha256": file_sha256(Path(ckpt) / (ENSEMBLE_FILE if ensemble
+                                                                 else "model.safetensors")),
+                      "members": n_members, "decision_bias": bias,
                       "backbones": {m: b.get("name") for m, b in (config.get("backbones") or {}).items()},
                       "validation": metrics})
 
@@ -106,34 +144,34 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from msa.checkpoint import load_checkpoint
     from msa.data import LABELS, read_index
-    from msa.features import TEXT_NORMALISATION, extract_features
+    from msa.ensemble import apply_bias
+    from msa.features import extract_features
     from msa.io import write_csv, write_text
     from msa.trainer import FeatureDataset, make_loader, predict_proba
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
-    ckpt = args.checkpoint or default_checkpoint()
-    model, config = load_checkpoint(ckpt)
-    if list(config.get("labels", [])) != list(LABELS):
-        raise cli.UserError(f"{ckpt} predicts labels {config.get('labels')}, this project uses {list(LABELS)}")
-    if config.get("text_normalisation", TEXT_NORMALISATION) != TEXT_NORMALISATION:
-        raise cli.UserError(f"{ckpt} was trained with another text normalisation; retrain it with this version")
+    ckpt = args.checkpoint or default_model()
+    members, bias = load_members(ckpt)
+    config = members[0][1]
     test_file = args.test_file or Path(args.data_root) / "test_without_label.txt"
     test = read_index(test_file, labelled=False)
     for p in test.problems:
         log.warning("%s: %s %s (%s)", test_file, p.reason, p.guid, p.detail)
     tb, ib = backbones_for(config)
-    token_mods = config.get("token_modalities", [])
+    token_mods = sorted({m for _, c in members for m in c.get("token_modalities", [])})
     fs = extract_features(test.guids, Path(args.data_root) / "data", tb, ib, args.cache_dir,
                           tokens=token_mods, batch_size=args.batch_size)
     modalities = [m for m in ("text", "image") if m in fs.pooled]
     ds = FeatureDataset(fs, range(len(test.guids)), None, modalities, token_mods)
+    loader = make_loader(ds, 256, False, 0)
+    total = None
     with torch.no_grad():
-        proba, index = predict_proba(model, make_loader(ds, 256, False, 0))
-    order = index.argsort()
-    proba = proba[order]
+        for model, _ in members:
+            p, index = predict_proba(model, loader)
+            total = p[index.argsort()] if total is None else total + p[index.argsort()]
+    proba = apply_bias(total / len(members), bias)
     tags = [LABELS[k] for k in proba.argmax(1)]
     assert len(tags) == len(test.guids)
     out = write_text(args.output, "guid,tag\n" + "".join(f"{g},{t}\n" for g, t in zip(test.guids, tags)))
@@ -146,7 +184,8 @@ def main(argv=None) -> int:
     provenance = args.provenance or (DEFAULT_PROVENANCE if Path(args.output).resolve() == DEFAULT_OUTPUT.resolve()
                                      else Path(f"{args.output}.provenance.json"))
     if provenance:
-        write_provenance(provenance, out, ckpt, config, {lab: int(n) for lab, n in counts.items()})
+        write_provenance(provenance, out, ckpt, config, {lab: int(n) for lab, n in counts.items()},
+                         n_members=len(members), bias=bias)
     print(f"{len(tags)} predictions from {ckpt} -> {out} "
           f"({', '.join(f'{lab} {n}' for lab, n in counts.items())})")
     return 0

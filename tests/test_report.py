@@ -35,7 +35,7 @@ def test_report_from_partial_run_folders(tmp_path):
     md = out.read_text()
     for title, *_ in report.PHASES:
         assert f"## {title}" in md
-    assert md.count("Not run yet") == 4  # phases 2, 4, 5, 6
+    assert md.count("Not run yet") == 5  # phases 2, 4, 5, 6 and the final recipe
     assert "kept 90 of 100" in md and "### sub" in md  # included and demoted one level
     assert "| 1 | baseline: concat + ce | 2 | 0.6100 ± 0.0100 | 0.2000 ± 0.0500 |" in md
     assert "| 3 | acb-none (tuned settings) | 2 | 0.6400 ± 0.0200 |" in md

@@ -1,0 +1,1 @@
+"""The final recipe: cross-validated training, seed/fold ensemble and decision rule (quality issue)."""

@@ -1,0 +1,324 @@
+"""Final recipe: 5-fold cross-validation of the chosen configuration, a seed x fold ensemble and a decision rule for
+neutral; reads phase 0's folds and the feature cache, writes final/results/ (tables, the ensemble predict_test uses)
+and final/figures/.
+
+Run from the repository root after phase 0 (it does not need phases 1-6):
+
+    python final/run_final.py --data-root dataset/
+    python final/run_final.py --data-root ../shared/mvsa --ablation
+    python final/run_final.py --data-root ../shared/mvsa --seeds 42,43 --decision argmax --loss-type ce
+
+Honest cross-validation: phase 0's stratified folds (--folds 5 reads splits/cv5-0 .. cv5-4). In each fold the
+training part is split again (stratified, --inner-val of it, seeded by the fold) into inner-train and
+inner-validation. Every model (one per seed of --seeds) trains on inner-train and early-stops on
+inner-validation; the decision rule is chosen on the inner-validation predictions; the fold's held-out posts are
+predicted once, at the end. The table reports mean ± std over the folds of those held-out metrics, so no number
+is selected on the posts it is measured on (the recipe itself was chosen by looking at these folds: see README).
+
+Recipe: the settings of --preset (default configs/final.json: fusion, loss, hyper-parameters), then explicit
+flags. The prediction of several models is the mean of their class probabilities (--seeds: a seed ensemble in
+every fold). --decision bias adds a log-probability offset to the neutral and negative classes, chosen on
+inner-validation data to maximise --bias-metric (a class-prior / threshold adjustment); --decision argmax does not.
+
+The final model is the ensemble of every fold x seed model (each trained on ~72% of the labelled posts) with the
+mean of the folds' offsets; it is copied to final/results/best/ (ensemble.json + members/), which
+phase4/predict_test.py uses by default.
+
+--ablation also trains the variants of the contribution table (loss ce instead of the recipe's, concat fusion,
+token-level cross-attention fusion) on the same folds and seeds; the rows without the seed ensemble or without
+the decision rule come from the recipe's own models at no cost.
+
+Reads  <work-dir>/train_cleaned.txt, splits/cv<K>-<k>.csv (phase 0), --preset, the feature cache
+Writes final/results/runs/<variant>/fold<k>-s<seed>/ (run folders), predictions.csv (held-out probabilities of
+       every fold and row), folds.csv (metrics per fold and row), summary.csv/.md/.json (mean ± std over folds;
+       the contribution table), best/ (the ensemble); final/figures/contributions.png, confusion.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from msa import cli, stamp  # noqa: E402
+
+log = logging.getLogger("final")
+FINAL_DIR = Path(__file__).resolve().parent
+DEFAULT_PRESET = FINAL_DIR.parent / "configs" / "final.json"
+METRICS = (("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"),
+           ("f1_neutral", "neutral F1"))
+#: trained variants of --ablation: name -> (settings overrides, description)
+VARIANTS = {
+    "loss_ce": ({"loss_type": "ce"}, "cross-entropy instead of the recipe's loss"),
+    "loss_weighted_ce": ({"loss_type": "weighted_ce"}, "inverse-frequency weighted cross-entropy instead"),
+    "fusion_concat": ({"feature_fusion": "concat"}, "concat fusion instead of the recipe's"),
+    "fusion_cross_attention": ({"feature_fusion": "cross_attention"}, "token-level cross-attention fusion"),
+}
+
+
+def build_parser() -> cli.ArgumentParser:
+    from msa.settings import add_model_args, add_resume_arg, add_training_args
+
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
+    cli.add_data_args(p)
+    add_model_args(p)
+    add_training_args(p, seeds="42,43,44", resume=False)
+    p.set_defaults(preset=str(DEFAULT_PRESET))
+    r = p.add_argument_group("cross-validation, ensemble, decision rule")
+    r.add_argument("--folds", type=int, default=5, help="number of phase 0's folds (splits cv<K>-0 .. cv<K>-<K-1>)")
+    r.add_argument("--inner-val", type=float, default=0.1,
+                   help="share of each fold's training part kept for early stopping and the decision rule")
+    r.add_argument("--decision", default="bias", choices=["bias", "argmax"],
+                   help="bias: offsets of the neutral and negative log-probabilities chosen on inner validation; "
+                        "argmax: none")
+    r.add_argument("--bias-metric", default="weighted_f1", choices=["weighted_f1", "macro_f1", "accuracy"],
+                   help="what the decision offsets maximise on inner validation")
+    r.add_argument("--focal-gamma", type=float, default=2.0, help="focusing exponent of the focal loss")
+    r.add_argument("--ablation", action="store_true",
+                   help=f"also train the variants {', '.join(VARIANTS)} for the contribution table")
+    add_resume_arg(r)
+    o = p.add_argument_group("execution and output")
+    o.add_argument("--jobs", type=int, default=2, help="training processes in parallel (one torch thread each)")
+    o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
+    o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--results-dir", type=Path, default=FINAL_DIR / "results", help="where tables, runs, best/ go")
+    o.add_argument("--figures-dir", type=Path, default=FINAL_DIR / "figures", help="where the figures go")
+    stamp.add_force_arg(o)
+    o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def loss_keywords(loss: str, args) -> dict:
+    return {"gamma": args.focal_gamma, "alpha": None} if loss == "focal" else {}
+
+
+def score_rows(ckpt: Path, fs, rows, labels):
+    """Class probabilities of ``rows`` (in that order) by the checkpoint."""
+    import numpy as np
+    import torch
+
+    from msa.checkpoint import load_checkpoint
+    from msa.trainer import FeatureDataset, make_loader, predict_proba
+
+    model, cfg = load_checkpoint(ckpt)
+    tokens = [m for m in cfg.get("token_modalities", []) if m in fs.tokens]
+    ds = FeatureDataset(fs, list(rows), labels[list(rows)], [m for m in ("text", "image") if m in fs.pooled], tokens)
+    with torch.no_grad():
+        proba, index = predict_proba(model, make_loader(ds, 256, False, 0))
+    pos = {r: i for i, r in enumerate(rows)}
+    out = np.zeros_like(proba)
+    out[[pos[int(i)] for i in index]] = proba
+    return out
+
+
+def train_variant(name: str, settings: dict, loss_kw: dict, fs, folds: list[dict], seeds: list[int], args,
+                  record: dict) -> dict:
+    """Train one configuration on every fold and seed; returns {fold: {seed: checkpoint dir}}."""
+    from msa.experiment import RunSpec, run_grid
+
+    out = {}
+    for f in folds:
+        specs = [RunSpec(args.results_dir / "runs" / name / f"fold{f['k']}-s{seed}", settings, seed, loss_kw=loss_kw,
+                         light=False, tag=name, train_idx=f["inner_train"], val_idx=f["inner_val"],
+                         resume=args.resume) for seed in seeds]
+        run_grid(specs, fs, f["data"], jobs=args.jobs, record=record, desc=f"final {name}, fold {f['k']} x seed")
+        out[f["k"]] = {sp.seed: sp.run_dir / "checkpoint" for sp in specs}
+    return out
+
+
+def evaluate(name: str, ckpts: dict, fs, folds: list[dict], labels, args, rows: list[str]) -> list[dict]:
+    """Held-out metrics per fold of the rows asked for: ``name`` (ensemble + rule), ``-rule`` (ensemble,
+    arg-max), ``-ensemble`` (first seed + its rule), ``-both`` (first seed, arg-max)."""
+    import numpy as np
+
+    from msa.data import LABELS
+    from msa.ensemble import apply_bias, choose_bias
+    from msa.metrics import classification_metrics
+
+    results = []
+    for f in folds:
+        seeds = list(ckpts[f["k"]])
+        inner = {s: score_rows(ckpts[f["k"]][s], fs, f["inner_val"], labels) for s in seeds}
+        outer = {s: score_rows(ckpts[f["k"]][s], fs, f["val"], labels) for s in seeds}
+        y_in, y_out = labels[f["inner_val"]], labels[f["val"]]
+        for row in rows:
+            use = seeds[:1] if row.endswith(("-ensemble", "-both")) else seeds
+            rule = args.decision == "bias" and not row.endswith(("-rule", "-both"))
+            p_in = np.mean([inner[s] for s in use], axis=0)
+            p_out = np.mean([outer[s] for s in use], axis=0)
+            bias = choose_bias(p_in, y_in, args.bias_metric)[0] if rule else [0.0] * len(LABELS)
+            p = apply_bias(p_out, bias)
+            m = classification_metrics(y_out, p.argmax(1), p, LABELS)
+            results.append({"row": row, "variant": name, "fold": f["k"], "members": len(use), "bias": bias,
+                            "proba": p, "guids": [fs.guids[i] for i in f["val"]], "y": y_out,
+                            **{k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "f1_neutral",
+                                                 "confusion_matrix")}})
+    return results
+
+
+def main(argv=None) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from msa.data import LABELS
+    from msa.ensemble import save_ensemble
+    from msa.experiment import Labelled, labelled_features, load_backbones, load_labelled, token_modalities
+    from msa.io import write_csv, write_json, write_text
+    from msa.plots import confusion_grid, grouped_bars
+    from msa.settings import parse_seeds, resolve
+    from msa.splits import split_path, stratified_holdout
+
+    args = build_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+    t0 = time.time()
+    seeds = parse_seeds(args.seeds)
+    if args.folds < 2 or not 0.0 < args.inner_val < 0.5 or args.jobs < 1:
+        raise cli.UserError("--folds must be >= 2, --inner-val in (0, 0.5), --jobs >= 1")
+    work = cli.work_dir(args)
+    names = [f"cv{args.folds}-{k}" for k in range(args.folds)]
+    missing = [n for n in names if not split_path(work, n).is_file()]
+    if missing:
+        raise cli.UserError(f"split(s) {', '.join(missing)} not found in {work / 'splits'}: run phase 0 with "
+                            f"--folds {args.folds} (python phase0/data_cleaner.py --data-root DATA --folds "
+                            f"{args.folds} --force)")
+    s = resolve(args)
+    stamp_path = args.results_dir / "inputs.json"
+    inputs = stamp.inputs_of(args, files=[work / "phase0_manifest.json", work / "train_cleaned.txt",
+                                          *(split_path(work, n) for n in names), Path(args.preset)],
+                             code=[Path(__file__)])
+    if stamp.check(stamp_path, inputs, args.force, "final recipe"):
+        print(f"final recipe: up to date ({args.results_dir}); --force recomputes")
+        return 0
+
+    folds = []
+    for k, n in enumerate(names):
+        data = load_labelled(work, n)
+        tr = data.train_idx
+        inner = stratified_holdout([data.guids[i] for i in tr], [LABELS[data.labels[i]] for i in tr],
+                                   args.inner_val, seed=1000 + k)
+        side = dict(zip(inner["guid"], inner["split"]))
+        inner_train = [i for i in tr if side[data.guids[i]] == "train"]
+        inner_val = [i for i in tr if side[data.guids[i]] == "val"]
+        folds.append({"k": k, "data": Labelled(data.guids, data.labels, data.split, inner_train, inner_val),
+                      "inner_train": inner_train, "inner_val": inner_val, "val": data.val_idx})
+    guids, labels = folds[0]["data"].guids, folds[0]["data"].labels
+    all_val = sorted(i for f in folds for i in f["val"])
+    if all_val != list(range(len(guids))):
+        raise cli.UserError(f"the validation parts of {', '.join(names)} do not partition the cleaned index: "
+                            "rerun phase 0 with --force")
+
+    variants = {"final": ({}, "the recipe")}
+    if args.ablation:
+        variants |= VARIANTS
+    fusions = {(s | ov).get("feature_fusion", s["feature_fusion"]) for ov, _ in variants.values()}
+    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
+    fs = labelled_features(Path(args.data_root) / "data", guids, tb, ib, args.cache_dir,
+                           sorted({m for f in fusions for m in token_modalities(f)}), args.feature_batch_size)
+    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
+
+    results, trained = [], {}
+    for name, (override, _) in variants.items():
+        vs = {**s, **override}
+        trained[name] = train_variant(name, vs, loss_keywords(vs["loss_type"], args), fs, folds, seeds, args,
+                                      record)
+        rows = [name, f"{name}-rule", f"{name}-ensemble", f"{name}-both"] if name == "final" else [name]
+        results += evaluate(name, trained[name], fs, folds, labels, args, rows)
+
+    # tables
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k not in ("proba", "guids", "y", "confusion_matrix")}
+                          for r in results])
+    write_csv(args.results_dir / "folds.csv", frame.assign(bias=frame["bias"].map(json.dumps)))
+    pred_rows = []
+    for r in results:
+        block = pd.DataFrame({"row": r["row"], "fold": r["fold"], "guid": r["guids"],
+                              "label": [LABELS[k] for k in r["y"]], "pred": [LABELS[k] for k in r["proba"].argmax(1)]})
+        for j, lab in enumerate(LABELS):
+            block[f"p_{lab}"] = r["proba"][:, j].round(6)
+        pred_rows.append(block)
+    write_csv(args.results_dir / "predictions.csv", pd.concat(pred_rows, ignore_index=True))
+    describe = {"final": "final recipe: " + describe_recipe(s, seeds, args),
+                "final-rule": "− decision rule (arg-max of the seed ensemble)",
+                "final-ensemble": f"− seed ensemble (seed {seeds[0]} only, with its own decision rule)",
+                "final-both": f"− both (seed {seeds[0]}, arg-max): the single model of earlier phases' protocol"}
+    describe |= {n: f"{d} (+ the recipe's ensemble and rule)" for n, (_, d) in VARIANTS.items()}
+    table = []
+    for row in dict.fromkeys(frame["row"]):
+        g = frame[frame["row"] == row]
+        t = {"row": row, "description": describe.get(row, row), "folds": len(g), "members": int(g["members"].iloc[0])}
+        for k, _ in METRICS:
+            t[f"{k}_mean"], t[f"{k}_std"] = float(g[k].mean()), float(g[k].std(ddof=1))
+        table.append(t)
+    table = pd.DataFrame(table).set_index("row")
+    ref = frame[frame["row"] == "final"].set_index("fold")["weighted_f1"]
+    for row in table.index:
+        d = frame[frame["row"] == row].set_index("fold")["weighted_f1"] - ref
+        table.loc[row, "delta_wf1_mean"], table.loc[row, "delta_wf1_std"] = float(d.mean()), float(d.std(ddof=1))
+    write_csv(args.results_dir / "summary.csv", table.reset_index())
+
+    # the final ensemble: every fold x seed model, the mean of the folds' offsets
+    fin = [r for r in results if r["row"] == "final"]
+    bias = np.mean([r["bias"] for r in fin], axis=0).round(4).tolist()
+    members = [trained["final"][f["k"]][sd] for f in folds for sd in seeds]
+    best_dir = save_ensemble(args.results_dir / "best", members, bias, {
+        "recipe": s, "preset": str(args.preset), "seeds": seeds, "folds": names, "decision": args.decision,
+        "fold_biases": [r["bias"] for r in fin],
+        "cv": {k: {"mean": float(table.loc["final", f"{k}_mean"]), "std": float(table.loc["final", f"{k}_std"])}
+               for k, _ in METRICS}})
+    md = markdown(table, s, seeds, args, len(guids), bias, time.time() - t0)
+    write_text(args.results_dir / "summary.md", md)
+    write_json(args.results_dir / "summary.json", {"table": table.reset_index().to_dict(orient="records"),
+                                                   "recipe": s, "seeds": seeds, "folds": names, "bias": bias,
+                                                   "inner_val": args.inner_val, "decision": args.decision,
+                                                   "seconds": round(time.time() - t0, 1)})
+    short = {"final": "final recipe", "final-rule": "− decision rule", "final-ensemble": "− seed ensemble",
+             "final-both": "− both", "loss_ce": "CE loss", "loss_weighted_ce": "weighted CE",
+             "fusion_concat": "concat fusion", "fusion_cross_attention": "cross-attention"}
+    grouped_bars(table[[c for c in table.columns if c.endswith(("_mean", "_std"))]].rename(index=short),
+                 [("weighted_f1", "weighted F1"), ("f1_neutral", "neutral F1")],
+                 args.figures_dir / "contributions.png", ylim=(0, 1),
+                 title=f"Final recipe and its ablations: {args.folds}-fold CV, mean ± std over folds")
+    confusion_grid({f"final recipe, {args.folds} folds summed\nneutral F1 "
+                    f"{table.loc['final', 'f1_neutral_mean']:.3f}": sum(np.asarray(r["confusion_matrix"])
+                                                                          for r in fin)},
+                   LABELS, args.figures_dir / "confusion.png", ncols=1, title="Held-out predictions (CV)")
+    stamp.write(stamp_path, inputs, [args.results_dir / "summary.csv", best_dir / "ensemble.json"])
+    print(md)
+    print(f"final ensemble ({len(members)} models, bias {bias}) -> {best_dir} (predict_test.py's default)")
+    return 0
+
+
+def describe_recipe(s: dict, seeds: list[int], args) -> str:
+    rule = f"neutral/negative offsets chosen on inner validation ({args.bias_metric})" if args.decision == "bias" \
+        else "arg-max"
+    return (f"{s['text_backbone']} + {s['image_backbone']}, {s['feature_fusion']} fusion, {s['loss_type']} loss, "
+            f"ensemble of {len(seeds)} seeds, {rule}")
+
+
+def markdown(table, s: dict, seeds: list[int], args, n: int, bias, seconds: float) -> str:
+    def pm(r, k):
+        return f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}"
+
+    lines = [f"# Final recipe: {args.folds}-fold cross-validation ({n} labelled posts, {seconds:.0f} s)", "",
+             f"Recipe (`{args.preset}` and flags): {describe_recipe(s, seeds, args)}; hidden {s['hidden']}, dropout "
+             f"{s['dropout']:.3g}, lr {s['learning_rate']:.3g}, weight decay {s['weight_decay']:.3g}, batch "
+             f"{s['batch_size']}, at most {s['num_epochs']} epochs (patience {s['patience']}). Inner validation "
+             f"{args.inner_val:.0%} of each fold's training part (early stopping and the decision rule).", "",
+             "Held-out metrics, mean ± std over folds; Δ weighted F1 is each row minus the final recipe on the same "
+             "fold (mean ± std).", "",
+             "| row | " + " | ".join(n for _, n in METRICS) + " | Δ weighted F1 | models per fold |",
+             "|---|" + "---:|" * (len(METRICS) + 2)]
+    for row, r in table.iterrows():
+        name = f"**{r['description']}**" if row == "final" else r["description"]
+        delta = "" if row == "final" else f"{r['delta_wf1_mean']:+.4f} ± {r['delta_wf1_std']:.4f}"
+        lines.append(f"| {name} | " + " | ".join(pm(r, k) for k, _ in METRICS) + f" | {delta} | {r['members']} |")
+    lines += ["", f"Final model: the {args.folds} x {len(seeds)} fold x seed models as one ensemble, decision offsets "
+              f"{dict(zip(('negative', 'neutral', 'positive'), bias))} (mean over folds) -> `final/results/best/`."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

@@ -1,0 +1,100 @@
+"""Ensembles of saved models and the decision rule applied to their averaged probabilities.
+
+An ensemble folder holds ``ensemble.json`` and ``members/<i>/`` checkpoint folders (copies, so the folder is
+self-contained). Its prediction is the mean of the members' class probabilities, then the decision rule: the
+arg-max of ``log p + bias`` (``bias`` = 0: plain arg-max). :func:`choose_bias` picks the bias of the neutral
+and negative classes on held-out predictions (never on the data the result is reported on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from msa.data import LABELS
+from msa.io import write_json
+
+ENSEMBLE_FILE = "ensemble.json"
+#: bias values tried for each adjusted class (log-probability offsets)
+BIAS_GRID = tuple(np.round(np.arange(-1.0, 2.01, 0.1), 2))
+
+
+def is_ensemble(folder: str | Path) -> bool:
+    return (Path(folder) / ENSEMBLE_FILE).is_file()
+
+
+def apply_bias(proba: np.ndarray, bias: Sequence[float] | None) -> np.ndarray:
+    """Probabilities re-weighted by ``exp(bias)`` and renormalised (their arg-max is the decision)."""
+    proba = np.asarray(proba, dtype=float)
+    if bias is None or not np.any(bias):
+        return proba
+    z = np.log(np.clip(proba, 1e-12, 1.0)) + np.asarray(bias, dtype=float)
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def choose_bias(proba: np.ndarray, y: np.ndarray, metric: str = "weighted_f1",
+                classes: Sequence[str] = ("neutral", "negative"), grid: Sequence[float] = BIAS_GRID
+                ) -> tuple[list[float], float]:
+    """The bias (one offset per class in ``classes``, 0 for the others) that maximises ``metric`` of the
+    adjusted arg-max on (``proba``, ``y``); ties go to the smallest total offset. Returns (bias, score)."""
+    from sklearn.metrics import f1_score
+
+    proba = np.asarray(proba, dtype=float)
+    y = np.asarray(y)
+    logp = np.log(np.clip(proba, 1e-12, 1.0))
+    idx = [LABELS.index(c) for c in classes]
+
+    def score(pred):
+        if metric == "accuracy":
+            return float((pred == y).mean())
+        return float(f1_score(y, pred, labels=list(range(len(LABELS))), zero_division=0,
+                              average="weighted" if metric == "weighted_f1" else "macro"))
+
+    best = (score(logp.argmax(1)), 0.0, [0.0] * len(LABELS))
+    grids = np.array(np.meshgrid(*[grid] * len(idx))).reshape(len(idx), -1).T
+    for combo in grids:
+        b = np.zeros(len(LABELS))
+        b[idx] = combo
+        s = score((logp + b).argmax(1))
+        cost = float(np.abs(combo).sum())
+        if s > best[0] + 1e-12 or (abs(s - best[0]) <= 1e-12 and cost < best[1]):
+            best = (s, cost, b.tolist())
+    return [round(v, 4) for v in best[2]], best[0]
+
+
+def save_ensemble(folder: str | Path, members: Sequence[str | Path], bias: Sequence[float] | None,
+                  info: dict | None = None) -> Path:
+    """Copy the member checkpoint folders into ``folder/members/`` and write ``ensemble.json`` (atomically: the
+    folder is built under a temporary name and renamed)."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "members").mkdir(parents=True)
+    names = []
+    for i, m in enumerate(members):
+        name = f"members/{i:02d}"
+        shutil.copytree(Path(m), tmp / name)
+        names.append(name)
+    write_json(tmp / ENSEMBLE_FILE, {"members": names, "sources": [str(Path(m).resolve()) for m in members],
+                                     "bias": list(bias) if bias is not None else [0.0] * len(LABELS),
+                                     "labels": list(LABELS), **(info or {})})
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def read_ensemble(folder: str | Path) -> dict:
+    spec = json.loads((Path(folder) / ENSEMBLE_FILE).read_text(encoding="utf-8"))
+    spec["member_dirs"] = [Path(folder) / m for m in spec["members"]]
+    return spec

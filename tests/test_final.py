@@ -1,0 +1,108 @@
+"""The final recipe on synthetic data: honest cross-validation (inner validation for early stopping and the
+decision rule, held-out folds only for reporting), the contribution table, the fold x seed ensemble that
+predict_test uses; and the decision-rule helpers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from final import run_final as final
+from msa.cli import UserError
+from msa.data import LABEL2ID
+from msa.ensemble import apply_bias, choose_bias
+from msa.splits import load_split
+from phase0 import data_cleaner
+from phase4 import predict_test
+from tests.tiny_models import tiny_bert, tiny_vit
+
+FOLDS, SEEDS = 3, (1, 2)
+
+
+@pytest.fixture(scope="module")
+def run(synthetic_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("final")
+    work = tmp / "work"
+    data_cleaner.main(["--data-root", str(synthetic_root), "--work-dir", str(work), "--folds", str(FOLDS)])
+    argv = ["--data-root", str(synthetic_root), "--work-dir", str(work), "--cache-dir", str(tmp / "cache"),
+            "--text-backbone", str(tiny_bert(tmp / "bert")), "--image-backbone", str(tiny_vit(tmp / "vit")),
+            "--folds", str(FOLDS), "--seeds", ",".join(map(str, SEEDS)), "--num-epochs", "3",
+            "--learning-rate", "3e-3", "--jobs", "1", "--ablation",
+            "--results-dir", str(tmp / "results"), "--figures-dir", str(tmp / "figures")]
+    assert final.main(argv) == 0
+    return {"root": synthetic_root, "work": work, "tmp": tmp, "res": tmp / "results", "argv": argv}
+
+
+def test_table_rows_and_figures(run):
+    table = pd.read_csv(run["res"] / "summary.csv")
+    assert table["row"].tolist() == ["final", "final-rule", "final-ensemble", "final-both", *final.VARIANTS]
+    assert (table["folds"] == FOLDS).all()
+    assert table.set_index("row").loc["final", "members"] == len(SEEDS)
+    assert table.set_index("row").loc["final-both", "members"] == 1
+    md = (run["res"] / "summary.md").read_text()
+    assert "3-fold cross-validation" in md and "Δ weighted F1" in md
+    for name in ("contributions.png", "confusion.png"):
+        assert (run["tmp"] / "figures" / name).stat().st_size > 1000
+
+
+def test_held_out_folds_are_only_predicted(run):
+    """Each fold's held-out posts are exactly its split's val posts; every model trained and early-stopped on
+    the fold's training part only (inner train + inner validation)."""
+    preds = pd.read_csv(run["res"] / "predictions.csv", dtype={"guid": str})
+    for k in range(FOLDS):
+        split = load_split(run["work"], f"cv{FOLDS}-{k}")
+        held = preds[(preds["row"] == "final") & (preds["fold"] == k)]
+        assert sorted(held["guid"]) == sorted(split.val)
+        for seed in SEEDS:
+            rd = run["res"] / "runs" / "final" / f"fold{k}-s{seed}"
+            early = set(pd.read_csv(rd / "val_predictions.csv", dtype={"guid": str})["guid"])
+            assert early and not early & set(split.val) and early <= set(split.train)
+            cfg = json.loads((rd / "config.json").read_text())
+            assert cfg["split"]["train"] + cfg["split"]["val"] == len(split.train)
+    every = preds[preds["row"] == "final"]["guid"]
+    assert every.is_unique and len(every) == len(pd.read_csv(run["work"] / "train_cleaned.txt"))
+
+
+def test_the_ensemble_predicts_the_test_file(run, tmp_path):
+    best = run["res"] / "best"
+    spec = json.loads((best / "ensemble.json").read_text())
+    assert len(spec["members"]) == FOLDS * len(SEEDS) and len(spec["bias"]) == 3
+    out = tmp_path / "predict.txt"
+    assert predict_test.main(["--checkpoint", str(best), "--data-root", str(run["root"]), "--output", str(out),
+                              "--cache-dir", str(run["tmp"] / "cache")]) == 0
+    test = pd.read_csv(run["root"] / "test_without_label.txt", dtype=str)
+    pred = pd.read_csv(out, dtype=str)
+    assert pred["guid"].tolist() == test["guid"].tolist()
+    prov = json.loads((tmp_path / "predict.txt.provenance.json").read_text())
+    assert prov["members"] == FOLDS * len(SEEDS) and prov["decision_bias"] == spec["bias"]
+
+
+def test_rerun_is_skipped_and_missing_folds_are_a_clear_error(run, tmp_path, capsys):
+    assert final.main(run["argv"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    argv = list(run["argv"])
+    argv[argv.index("--folds") + 1] = "7"
+    with pytest.raises(UserError, match="cv7-0"):
+        final.main(argv + ["--results-dir", str(tmp_path / "r")])
+
+
+def test_choose_bias_finds_an_offset_only_when_it_helps():
+    rng = np.random.default_rng(0)
+    neu = LABEL2ID["neutral"]
+    y = rng.choice(3, size=600, p=[0.3, 0.1, 0.6])
+    logits = rng.normal(size=(600, 3))
+    logits[np.arange(600), y] += 1.5
+    logits[:, neu] -= 1.2  # neutral systematically under-predicted
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    bias, score = choose_bias(proba, y, "macro_f1")
+    assert bias[neu] > 0
+    from sklearn.metrics import f1_score
+
+    assert score > f1_score(y, proba.argmax(1), average="macro") + 0.02
+    assert score == pytest.approx(f1_score(y, apply_bias(proba, bias).argmax(1), average="macro"))
+    # well-calibrated, perfectly separable predictions: no offset is needed
+    clean = np.eye(3)[y] * 0.9 + 0.05
+    assert choose_bias(clean, y)[0] == [0.0, 0.0, 0.0]
