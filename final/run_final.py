@@ -98,21 +98,11 @@ def loss_keywords(loss: str, args) -> dict:
 
 def score_rows(ckpt: Path, fs, rows, labels):
     """Class probabilities of ``rows`` (in that order) by the checkpoint."""
-    import numpy as np
-    import torch
-
     from msa.checkpoint import load_checkpoint
-    from msa.trainer import FeatureDataset, make_loader, predict_proba
+    from msa.trainer import predict_rows
 
     model, cfg = load_checkpoint(ckpt)
-    tokens = [m for m in cfg.get("token_modalities", []) if m in fs.tokens]
-    ds = FeatureDataset(fs, list(rows), labels[list(rows)], [m for m in ("text", "image") if m in fs.pooled], tokens)
-    with torch.no_grad():
-        proba, index = predict_proba(model, make_loader(ds, 256, False, 0))
-    pos = {r: i for i, r in enumerate(rows)}
-    out = np.zeros_like(proba)
-    out[[pos[int(i)] for i in index]] = proba
-    return out
+    return predict_rows(model, fs, rows, cfg.get("token_modalities", []))
 
 
 def train_variant(name: str, settings: dict, loss_kw: dict, fs, folds: list[dict], seeds: list[int], args,

@@ -5,7 +5,6 @@
   mean token with mask True: every fusion here pools token sequences by attention or a masked mean, so one
   token gives the same result as a sequence of that token repeated);
 * :func:`only`: a FeatureSet restricted to some modalities (what a unimodal model is trained on);
-* :func:`predict_rows`: a model's class probabilities for given rows of a FeatureSet, in the rows' order;
 * :func:`seed_checkpoints`: the checkpoints of every seed behind a phase's best model (``best.json``'s
   ``"seed_runs"``), or the one checkpoint when there are none;
 * :func:`recipe_config` / :func:`recipe`: the run config whose recipe a retrain follows (for a fine-tuned model,
@@ -20,7 +19,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from msa import cli
@@ -66,19 +64,6 @@ def only(fs: FeatureSet, modalities: Sequence[str]) -> FeatureSet:
 
 
 @torch.no_grad()
-def predict_rows(model, fs: FeatureSet, rows: Sequence[int], token_modalities: Sequence[str] = (),
-                 batch_size: int = 256) -> np.ndarray:
-    """Softmax probabilities ``(len(rows), C)`` of ``model`` for rows ``rows`` of ``fs``, in that order."""
-    from msa.trainer import FeatureDataset, make_loader, predict_proba
-
-    rows = [int(r) for r in rows]
-    toks = [m for m in token_modalities if m in fs.tokens]
-    ds = FeatureDataset(fs, rows, None, list(model.names), toks)
-    proba, index = predict_proba(model, make_loader(ds, batch_size, False, 0))
-    pos = {int(j): k for k, j in enumerate(index)}
-    return proba[[pos[r] for r in rows]]
-
-
 def unimodal_fusion(fusion: str) -> str:
     """``fusion`` when it works with a single modality, else ``concat`` (e.g. ``cross_attention`` needs two)."""
     from msa.fusions import FUSIONS

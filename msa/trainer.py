@@ -233,6 +233,17 @@ def predict_proba(model, loader: DataLoader, accelerator=None) -> tuple[np.ndarr
     return torch.cat(probs).numpy(), torch.cat(idx).numpy()
 
 
+def predict_rows(model, fs: FeatureSet, rows: Sequence[int], token_modalities: Sequence[str] = (),
+                 batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities ``(len(rows), C)`` of ``model`` for rows ``rows`` of ``fs``, in that order."""
+    rows = [int(r) for r in rows]
+    toks = [m for m in token_modalities if m in fs.tokens]
+    ds = FeatureDataset(fs, rows, None, list(model.names), toks)
+    proba, index = predict_proba(model, make_loader(ds, batch_size, False, 0))
+    pos = {int(j): k for k, j in enumerate(index)}
+    return proba[[pos[r] for r in rows]]
+
+
 def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
         labels: Sequence[str], run_dir: str | Path | None = None, checkpoint_config: dict | None = None,
         progress: bool = True, on_epoch: Callable[[dict], None] | None = None, resume: bool = False) -> dict:

@@ -139,22 +139,6 @@ def start_checkpoints(best: dict, phase3_dir: Path, seeds: list[int], init: str)
     return out
 
 
-def score(model, fs, rows, labels, modalities, token_mods):
-    """Class probabilities of ``rows`` (in that order)."""
-    import numpy as np
-    import torch
-
-    from msa.trainer import FeatureDataset, make_loader, predict_proba
-
-    ds = FeatureDataset(fs, list(rows), labels[list(rows)], modalities, token_mods)
-    with torch.no_grad():
-        proba, index = predict_proba(model, make_loader(ds, 256, False, 0))
-    pos = {r: i for i, r in enumerate(rows)}
-    out = np.zeros_like(proba)
-    out[[pos[int(i)] for i in index]] = proba
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- tables
 def summarise(runs, rows: list[str]):
     import pandas as pd
@@ -229,6 +213,7 @@ def main(argv=None) -> int:
     from msa.metrics import classification_metrics
     from msa.plots import confusion_grid, grouped_bars
     from msa.settings import parse_seeds
+    from msa.trainer import predict_rows
     from phase3.run_phase3 import parse_list
     from phase4.augmentations import build_captioner, hard_samples_figure
     from phase4.predict_test import backbones_for
@@ -264,7 +249,6 @@ def main(argv=None) -> int:
     tb, ib = backbones_for(ckpt_cfg)
     token_mods = list(ckpt_cfg.get("token_modalities", []))
     fs = labelled_features(data_dir, data.guids, tb, ib, args.cache_dir, token_mods, args.feature_batch_size)
-    modalities = list(fs.pooled)
     train_rows_base = list(data.train_idx)
     val_guids = sorted(data.guids[i] for i in data.val_idx)
 
@@ -274,7 +258,7 @@ def main(argv=None) -> int:
         model, cfg = load_checkpoint(ckpt)
         if cfg.get("backbones") != ckpt_cfg.get("backbones"):
             raise cli.UserError(f"{ckpt} was trained on other backbones than {starts[seeds[0]]}")
-        val_p = score(model, fs, data.val_idx, data.labels, modalities, token_mods)
+        val_p = predict_rows(model, fs, data.val_idx, token_mods)
         m = classification_metrics(data.labels[data.val_idx], val_p.argmax(1), val_p, LABELS)
         run_metrics = ckpt.parent / "metrics.json"
         if run_metrics.is_file():
@@ -284,7 +268,7 @@ def main(argv=None) -> int:
                             ckpt, m["weighted_f1"], float(saved["weighted_f1"]))
         before.append({"mode": "phase 3", "seed": seed, "run_dir": str(ckpt.parent), "n_train": len(train_rows_base),
                        "n_hard": 0, **{k: m[k] for k in METRICS}, "confusion_matrix": m["confusion_matrix"]})
-        tr_p = score(model, fs, train_rows_base, data.labels, modalities, token_mods)
+        tr_p = predict_rows(model, fs, train_rows_base, token_mods)
         hard = mine_hard(tr_p, data.labels[train_rows_base], train_rows_base, args.neutral_threshold,
                          args.sample_ratio, args.max_hard or None, seed)
         hard.insert(0, "seed", seed)

@@ -223,7 +223,6 @@ def main(argv=None) -> int:
     from msa.ablation import (
         SUBSTITUTES,
         only,
-        predict_rows,
         recipe,
         recipe_config,
         run_config,
@@ -237,6 +236,7 @@ def main(argv=None) -> int:
     from msa.io import write_csv, write_json, write_text
     from msa.metrics import classification_metrics
     from msa.plots import radar_chart
+    from msa.trainer import predict_rows
     from phase4.predict_test import backbones_for, default_checkpoint
 
     args = build_parser().parse_args(argv)
