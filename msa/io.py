@@ -35,6 +35,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temps(folder: str | os.PathLike, dir_prefixes: tuple[str, ...] = ()) -> int:
+    """Delete what a killed writer left in ``folder``: :func:`atomic_path` temporaries (``.<name>.*.tmp``) and
+    hidden folders starting with one of ``dir_prefixes``. Only for a folder this process alone writes to."""
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for entry in folder.iterdir():
+        if entry.name.startswith("."):
+            if entry.is_file() and entry.name.endswith(".tmp"):
+                entry.unlink(missing_ok=True)
+                n += 1
+            elif entry.is_dir() and entry.name.startswith(dir_prefixes):
+                shutil.rmtree(entry, ignore_errors=True)
+                n += 1
+    return n
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

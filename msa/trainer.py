@@ -280,6 +280,10 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
     history: list[dict] = []
     best = {"score": -1.0, "epoch": -1, "state": None, "metrics": None, "proba": None, "index": None}
     stale, first = 0, 1
+    if run_dir is not None and acc.is_main_process:  # leftovers of a run killed while writing
+        from msa.io import remove_stale_temps
+
+        remove_stale_temps(run_dir, dir_prefixes=(".checkpoint.",))
     keep_state = run_dir is not None and checkpoint_config is not None and acc.is_main_process
     state = load_resume_state(run_dir) if (resume and run_dir is not None) else None
     if state is not None and state.get("config") == cfg.as_dict():

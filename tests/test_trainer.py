@@ -168,3 +168,15 @@ def test_a_damaged_resume_state_starts_over(tmp_path):
               checkpoint_config={"model": model.config(), "labels": list(LABELS), "backbones": {}},
               progress=False, resume=True)
     assert len(res["history"]) == 2
+
+
+def test_a_killed_writers_temporaries_are_cleaned_when_the_run_starts_again(tmp_path):
+    (tmp_path / ".resume_state.pt.ab12cd.tmp").write_bytes(b"half")
+    (tmp_path / ".checkpoint.xy34").mkdir()
+    (tmp_path / ".checkpoint.xy34" / "model.safetensors").write_bytes(b"half")
+    model, train, val = _setup()
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, batch_size=32, patience=0, seed=1)
+    fit(model, build_loss("ce"), train, val, cfg, LABELS, run_dir=tmp_path,
+        checkpoint_config={"model": model.config(), "labels": list(LABELS), "backbones": {}}, progress=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
