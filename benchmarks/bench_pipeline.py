@@ -6,8 +6,11 @@
 The steps are exactly the commands of `make -n run DATA=...` (so the benchmark never drifts from the Makefile).
 --cold adds FORCE=1 (every phase recomputes) and points $MSA_CACHE_DIR at a fresh temporary folder, so the feature,
 embedding and caption caches start empty while your own cache/ is left alone. Either way the phases write their
-usual results folders. Peak memory is the largest summed resident set size of the step's process tree (the step
-and its worker processes), sampled every 0.1 s. The last line is ``total_s=<seconds> peak_mib=<MiB>``.
+usual results folders. Peak memory is the largest summed proportional set size (PSS) of the step's process tree
+(the step and its worker processes), sampled every 0.1 s: the memory the step really occupies, each shared page
+(torch's libraries, mapped by every worker) counted once. The largest summed resident set size (RSS), which counts
+a shared page once per process, is printed next to it. The last line is
+``total_s=<seconds> peak_mib=<PSS MiB> peak_rss_mib=<MiB>``.
 """
 
 from __future__ import annotations
@@ -36,21 +39,40 @@ def steps(data_root: str, force: bool, extra: list[str]) -> list[list[str]]:
             if line.startswith(py + " ") and " -m pip " not in line and " -m venv " not in line]
 
 
-def run_step(argv: list[str], env: dict, log) -> tuple[float, float, int]:
+def tree_memory(root) -> tuple[int, int]:
+    """(summed PSS, summed RSS) in bytes of ``root`` and its descendants (PSS falls back to RSS where the
+    system does not report it)."""
+    import psutil
+
+    pss = rss = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            info = p.memory_full_info()
+        except psutil.AccessDenied:
+            info = p.memory_info()
+        except psutil.Error:  # the process ended meanwhile
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+    return pss, rss
+
+
+def run_step(argv: list[str], env: dict, log) -> tuple[float, float, float, int]:
+    """(wall seconds, peak PSS MiB, peak RSS MiB, exit code) of one step."""
     import psutil
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
-    peak = 0
+    peak_pss = peak_rss = 0
     while proc.poll() is None:
         try:
-            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-            peak = max(peak, rss)
+            pss, rss = tree_memory(root)
+            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
         except psutil.Error:
             pass
         time.sleep(0.1)
-    return time.perf_counter() - t0, peak / 2**20, proc.returncode
+    return time.perf_counter() - t0, peak_pss / 2**20, peak_rss / 2**20, proc.returncode
 
 
 def main(argv=None) -> int:
@@ -79,10 +101,11 @@ def main(argv=None) -> int:
                 name = " ".join(a for a in argv_[1:3] if not a.startswith("--"))
                 log.write(f"\n$ {' '.join(argv_)}\n")
                 log.flush()
-                wall, peak, rc = run_step(argv_, env, log)
-                rows.append({"step": name, "seconds": round(wall, 1), "peak_mib": round(peak), "rc": rc})
-                print(f"  {name:<34} {wall:8.1f} s {peak:8.0f} MiB" + (f"  FAILED (exit {rc})" if rc else ""),
-                      flush=True)
+                wall, peak, peak_rss, rc = run_step(argv_, env, log)
+                rows.append({"step": name, "seconds": round(wall, 1), "peak_mib": round(peak),
+                             "peak_rss_mib": round(peak_rss), "rc": rc})
+                print(f"  {name:<34} {wall:8.1f} s {peak:8.0f} MiB PSS {peak_rss:8.0f} MiB RSS"
+                      + (f"  FAILED (exit {rc})" if rc else ""), flush=True)
                 if rc:
                     raise cli.UserError(f"step failed: {' '.join(argv_)} (see {log_path})")
     finally:
@@ -90,14 +113,16 @@ def main(argv=None) -> int:
             tmp.cleanup()
     total = sum(r["seconds"] for r in rows)
     peak = max((r["peak_mib"] for r in rows), default=0)
-    print("\n| step | wall s | peak MiB |\n|---|---:|---:|")
+    peak_rss = max((r["peak_rss_mib"] for r in rows), default=0)
+    print("\n| step | wall s | peak MiB (PSS) | peak MiB (RSS) |\n|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['step']} | {r['seconds']:.1f} | {r['peak_mib']} |")
-    print(f"| **total** | **{total:.1f}** | **{peak}** |")
+        print(f"| {r['step']} | {r['seconds']:.1f} | {r['peak_mib']} | {r['peak_rss_mib']} |")
+    print(f"| **total** | **{total:.1f}** | **{peak}** | **{peak_rss}** |")
     if args.output:
         args.output.write_text(json.dumps({"cold": args.cold, "data_root": args.data_root, "steps": rows,
-                                           "total_s": total, "peak_mib": peak}, indent=1))
-    print(f"total_s={total:.1f} peak_mib={peak}")
+                                           "total_s": total, "peak_mib": peak, "peak_rss_mib": peak_rss},
+                                          indent=1))
+    print(f"total_s={total:.1f} peak_mib={peak} peak_rss_mib={peak_rss}")
     return 0
 
 

@@ -24,9 +24,14 @@ The final model is the ensemble of every fold x seed model (each trained on ~72%
 mean of the folds' offsets; it is copied to final/results/best/ (ensemble.json + members/), which
 phase4/predict_test.py uses by default.
 
---ablation also trains the variants of the contribution table (loss ce instead of the recipe's, concat fusion,
-token-level cross-attention fusion) on the same folds and seeds; the rows without the seed ensemble or without
-the decision rule come from the recipe's own models at no cost.
+--tta hflip averages every model's probabilities over the image and its left-right mirror image (test-time
+augmentation; the mirrored images' features are cached like the others); predict_test.py does the same for an
+ensemble that records it. The defaults (--decision argmax, --tta none) are what the contribution table on
+../shared/mvsa supports: neither the offsets nor the mirrored view raised the cross-validated weighted F1 (README).
+
+--ablation also trains the variants of the contribution table (loss ce or weighted ce instead of the recipe's,
+concat fusion, token-level cross-attention fusion) on the same folds and seeds; the rows with or without the seed
+ensemble, the decision rule and the test-time augmentation come from the recipe's own models at no cost.
 
 Reads  <work-dir>/train_cleaned.txt, splits/cv<K>-<k>.csv (phase 0), --preset, the feature cache
 Writes final/results/runs/<variant>/fold<k>-s<seed>/ (run folders), predictions.csv (held-out probabilities of
@@ -72,12 +77,15 @@ def build_parser() -> cli.ArgumentParser:
     r.add_argument("--folds", type=int, default=5, help="number of phase 0's folds (splits cv<K>-0 .. cv<K>-<K-1>)")
     r.add_argument("--inner-val", type=float, default=0.1,
                    help="share of each fold's training part kept for early stopping and the decision rule")
-    r.add_argument("--decision", default="bias", choices=["bias", "argmax"],
+    r.add_argument("--decision", default="argmax", choices=["bias", "argmax"],
                    help="bias: offsets of the neutral and negative log-probabilities chosen on inner validation; "
                         "argmax: none")
     r.add_argument("--bias-metric", default="weighted_f1", choices=["weighted_f1", "macro_f1", "accuracy"],
                    help="what the decision offsets maximise on inner validation")
     r.add_argument("--focal-gamma", type=float, default=2.0, help="focusing exponent of the focal loss")
+    r.add_argument("--tta", default="none", choices=["none", "hflip"],
+                   help="test-time augmentation: every model's probabilities are averaged over the image and this "
+                        "view of it (hflip: mirrored left-right); none: the image only")
     r.add_argument("--ablation", action="store_true",
                    help=f"also train the variants {', '.join(VARIANTS)} for the contribution table")
     add_resume_arg(r)
@@ -96,13 +104,14 @@ def loss_keywords(loss: str, args) -> dict:
     return {"gamma": args.focal_gamma, "alpha": None} if loss == "focal" else {}
 
 
-def score_rows(ckpt: Path, fs, rows, labels):
-    """Class probabilities of ``rows`` (in that order) by the checkpoint."""
+def score_rows(ckpt: Path, views: dict, rows) -> dict:
+    """Class probabilities of ``rows`` (in that order) by the checkpoint, for each feature view
+    (``{"image": fs, "hflip": fs of the mirrored images}``)."""
     from msa.checkpoint import load_checkpoint
     from msa.trainer import predict_rows
 
     model, cfg = load_checkpoint(ckpt)
-    return predict_rows(model, fs, rows, cfg.get("token_modalities", []))
+    return {v: predict_rows(model, fs, rows, cfg.get("token_modalities", [])) for v, fs in views.items()}
 
 
 def train_variant(name: str, settings: dict, loss_kw: dict, fs, folds: list[dict], seeds: list[int], args,
@@ -120,9 +129,38 @@ def train_variant(name: str, settings: dict, loss_kw: dict, fs, folds: list[dict
     return out
 
 
-def evaluate(name: str, ckpts: dict, fs, folds: list[dict], labels, args, rows: list[str]) -> list[dict]:
-    """Held-out metrics per fold of the rows asked for: ``name`` (ensemble + rule), ``-rule`` (ensemble,
-    arg-max), ``-ensemble`` (first seed + its rule), ``-both`` (first seed, arg-max)."""
+#: parts of the recipe that its own models can do with or without, at no training cost
+PARTS = ("ensemble", "rule", "tta")
+
+
+def recipe_parts(args) -> set[str]:
+    """The parts the recipe uses: the seed ensemble, the decision rule (--decision bias), the test-time view."""
+    return {"ensemble"} | ({"rule"} if args.decision == "bias" else set()) | ({"tta"} if args.tta != "none" else set())
+
+
+def free_rows(args, has_view: bool) -> dict[str, set[str]]:
+    """Rows of the contribution table from the recipe's own models: ``final`` (the recipe), ``final-<part>`` /
+    ``final+<part>`` (the recipe without / with one part), ``final-single`` (first seed, arg-max, the image
+    only: the single model of the earlier phases' protocol)."""
+    own = recipe_parts(args)
+    rows = {"final": own}
+    for part in PARTS:
+        if part == "tta" and not has_view:
+            continue
+        rows[f"final{'-' if part in own else '+'}{part}"] = own ^ {part}
+    rows["final-single"] = set()
+    seen, out = [], {}
+    for row, parts in rows.items():  # a row equal to an earlier one (e.g. -ensemble when that is all) is dropped
+        if parts not in seen:
+            seen.append(parts)
+            out[row] = parts
+    return out
+
+
+def evaluate(name: str, ckpts: dict, views: dict, folds: list[dict], labels, args,
+             rows: dict[str, set[str]]) -> list[dict]:
+    """Held-out metrics per fold of ``rows`` (row name -> the :data:`PARTS` it uses); the decision rule is
+    chosen on inner validation from the same probabilities the row predicts the held-out fold with."""
     import numpy as np
 
     from msa.data import LABELS
@@ -132,19 +170,21 @@ def evaluate(name: str, ckpts: dict, fs, folds: list[dict], labels, args, rows: 
     results = []
     for f in folds:
         seeds = list(ckpts[f["k"]])
-        inner = {s: score_rows(ckpts[f["k"]][s], fs, f["inner_val"], labels) for s in seeds}
-        outer = {s: score_rows(ckpts[f["k"]][s], fs, f["val"], labels) for s in seeds}
+        inner = {s: score_rows(ckpts[f["k"]][s], views, f["inner_val"]) for s in seeds}
+        outer = {s: score_rows(ckpts[f["k"]][s], views, f["val"]) for s in seeds}
         y_in, y_out = labels[f["inner_val"]], labels[f["val"]]
-        for row in rows:
-            use = seeds[:1] if row.endswith(("-ensemble", "-both")) else seeds
-            rule = args.decision == "bias" and not row.endswith(("-rule", "-both"))
-            p_in = np.mean([inner[s] for s in use], axis=0)
-            p_out = np.mean([outer[s] for s in use], axis=0)
+        for row, parts in rows.items():
+            use = seeds if "ensemble" in parts else seeds[:1]
+            rule = "rule" in parts
+            use_views = list(views)[:2] if "tta" in parts else ["image"]
+            p_in = np.mean([inner[s][v] for s in use for v in use_views], axis=0)
+            p_out = np.mean([outer[s][v] for s in use for v in use_views], axis=0)
             bias = choose_bias(p_in, y_in, args.bias_metric)[0] if rule else [0.0] * len(LABELS)
             p = apply_bias(p_out, bias)
             m = classification_metrics(y_out, p.argmax(1), p, LABELS)
-            results.append({"row": row, "variant": name, "fold": f["k"], "members": len(use), "bias": bias,
-                            "proba": p, "guids": [fs.guids[i] for i in f["val"]], "y": y_out,
+            results.append({"row": row, "variant": name, "fold": f["k"], "members": len(use),
+                            "views": len(use_views), "bias": bias,
+                            "proba": p, "guids": [views["image"].guids[i] for i in f["val"]], "y": y_out,
                             **{k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "f1_neutral",
                                                  "confusion_matrix")}})
     return results
@@ -157,6 +197,7 @@ def main(argv=None) -> int:
     from msa.data import LABELS
     from msa.ensemble import save_ensemble
     from msa.experiment import Labelled, labelled_features, load_backbones, load_labelled, token_modalities
+    from msa.features import extract_features, with_image_view
     from msa.io import write_csv, write_json, write_text
     from msa.plots import confusion_grid, grouped_bars
     from msa.settings import parse_seeds, resolve
@@ -206,8 +247,15 @@ def main(argv=None) -> int:
         variants |= VARIANTS
     fusions = {(s | ov).get("feature_fusion", s["feature_fusion"]) for ov, _ in variants.values()}
     tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
-    fs = labelled_features(Path(args.data_root) / "data", guids, tb, ib, args.cache_dir,
-                           sorted({m for f in fusions for m in token_modalities(f)}), args.feature_batch_size)
+    token_mods = sorted({m for f in fusions for m in token_modalities(f)})
+    fs = labelled_features(Path(args.data_root) / "data", guids, tb, ib, args.cache_dir, token_mods,
+                           args.feature_batch_size)
+    views = {"image": fs}
+    view = args.tta if args.tta != "none" else "hflip"
+    if ib is not None and (args.tta != "none" or args.ablation):  # the ablation shows what TTA would add
+        views[view] = with_image_view(fs, extract_features(
+            guids, Path(args.data_root) / "data", None, ib, args.cache_dir,
+            tokens=[m for m in token_mods if m == "image"], batch_size=args.feature_batch_size, image_view=view))
     record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
 
     results, trained = [], {}
@@ -215,8 +263,8 @@ def main(argv=None) -> int:
         vs = {**s, **override}
         trained[name] = train_variant(name, vs, loss_keywords(vs["loss_type"], args), fs, folds, seeds, args,
                                       record)
-        rows = [name, f"{name}-rule", f"{name}-ensemble", f"{name}-both"] if name == "final" else [name]
-        results += evaluate(name, trained[name], fs, folds, labels, args, rows)
+        rows = free_rows(args, len(views) > 1) if name == "final" else {name: recipe_parts(args)}
+        results += evaluate(name, trained[name], views, folds, labels, args, rows)
 
     # tables
     frame = pd.DataFrame([{k: v for k, v in r.items() if k not in ("proba", "guids", "y", "confusion_matrix")}
@@ -231,10 +279,15 @@ def main(argv=None) -> int:
         pred_rows.append(block)
     write_csv(args.results_dir / "predictions.csv", pd.concat(pred_rows, ignore_index=True))
     describe = {"final": "final recipe: " + describe_recipe(s, seeds, args),
-                "final-rule": "− decision rule (arg-max of the seed ensemble)",
-                "final-ensemble": f"− seed ensemble (seed {seeds[0]} only, with its own decision rule)",
-                "final-both": f"− both (seed {seeds[0]}, arg-max): the single model of earlier phases' protocol"}
-    describe |= {n: f"{d} (+ the recipe's ensemble and rule)" for n, (_, d) in VARIANTS.items()}
+                "final-rule": "− decision rule (arg-max)",
+                "final+rule": f"+ decision rule (neutral/negative offsets chosen on inner validation, "
+                              f"{args.bias_metric})",
+                "final-ensemble": f"− seed ensemble (seed {seeds[0]} only)",
+                "final-tta": f"− test-time augmentation (the image only, no {view} view)",
+                "final+tta": f"+ test-time augmentation (mean over the image and its {view} view)",
+                "final-single": f"single model: seed {seeds[0]}, arg-max, the image only (the earlier phases' "
+                                "protocol)"}
+    describe |= {n: f"{d} (with the recipe's ensemble and decision)" for n, (_, d) in VARIANTS.items()}
     table = []
     for row in dict.fromkeys(frame["row"]):
         g = frame[frame["row"] == row]
@@ -255,6 +308,7 @@ def main(argv=None) -> int:
     members = [trained["final"][f["k"]][sd] for f in folds for sd in seeds]
     best_dir = save_ensemble(args.results_dir / "best", members, bias, {
         "recipe": s, "preset": str(args.preset), "seeds": seeds, "folds": names, "decision": args.decision,
+        "tta": [args.tta] if args.tta != "none" and len(views) > 1 else [],
         "fold_biases": [r["bias"] for r in fin],
         "cv": {k: {"mean": float(table.loc["final", f"{k}_mean"]), "std": float(table.loc["final", f"{k}_std"])}
                for k, _ in METRICS}})
@@ -264,8 +318,9 @@ def main(argv=None) -> int:
                                                    "recipe": s, "seeds": seeds, "folds": names, "bias": bias,
                                                    "inner_val": args.inner_val, "decision": args.decision,
                                                    "seconds": round(time.time() - t0, 1)})
-    short = {"final": "final recipe", "final-rule": "− decision rule", "final-ensemble": "− seed ensemble",
-             "final-both": "− both", "loss_ce": "CE loss", "loss_weighted_ce": "weighted CE",
+    short = {"final": "final recipe", "final-rule": "− decision rule", "final+rule": "+ decision rule",
+             "final-ensemble": "− seed ensemble", "final-tta": "− TTA", "final+tta": "+ TTA",
+             "final-single": "single model", "loss_ce": "CE loss", "loss_weighted_ce": "weighted CE",
              "fusion_concat": "concat fusion", "fusion_cross_attention": "cross-attention"}
     grouped_bars(table[[c for c in table.columns if c.endswith(("_mean", "_std"))]].rename(index=short),
                  [("weighted_f1", "weighted F1"), ("f1_neutral", "neutral F1")],
@@ -285,7 +340,7 @@ def describe_recipe(s: dict, seeds: list[int], args) -> str:
     rule = f"neutral/negative offsets chosen on inner validation ({args.bias_metric})" if args.decision == "bias" \
         else "arg-max"
     return (f"{s['text_backbone']} + {s['image_backbone']}, {s['feature_fusion']} fusion, {s['loss_type']} loss, "
-            f"ensemble of {len(seeds)} seeds, {rule}")
+            f"ensemble of {len(seeds)} seeds, {rule}" + (f", test-time {args.tta} view" if args.tta != "none" else ""))
 
 
 def markdown(table, s: dict, seeds: list[int], args, n: int, bias, seconds: float) -> str:

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from msa.cli import CACHE_ROOT
+from msa.cli import CACHE_ROOT, UserError
 from msa.data import load_image, normalize_text, read_text, validate_guid
 from msa.io import atomic_path
 
@@ -206,9 +206,20 @@ def text_features(backbone, texts: list[str], store: FeatureStore, keys: list[st
     return pooled, (toks if tokens else None), len(order)
 
 
+#: Test-time views of an image (``extract_features(image_view=...)``): name -> PIL transpose applied after decoding.
+IMAGE_VIEWS = {"hflip": Image.Transpose.FLIP_LEFT_RIGHT}
+
+
+def image_store_key(info, view: str | None = None) -> str:
+    """Cache key of an image backbone's features, of the image itself (``view`` None) or of a view of it."""
+    if view is not None and view not in IMAGE_VIEWS:
+        raise UserError(f"unknown image view {view!r}; known: {', '.join(IMAGE_VIEWS)}")
+    return info.key() if view is None else f"{info.key()}-{view}"
+
+
 @torch.inference_mode()
 def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureStore, tokens: bool,
-                   batch_size: int, progress: bool, cache_dir: Path | None = None
+                   batch_size: int, progress: bool, cache_dir: Path | None = None, view: str | None = None
                    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
     keyed = [image_content_key(data_dir, g) for g in guids]
     pooled, toks, unique = _lookup(store, [k for k, _ in keyed], tokens)
@@ -218,12 +229,14 @@ def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureSto
         from msa.onnx_accel import fast_image_forward
 
         forward = fast_image_forward(backbone, cache_dir)
-    bar = tqdm(total=len(order), desc=f"image features ({backbone.info.name})", unit="img",
-               disable=None if progress else True)
+    bar = tqdm(total=len(order), desc=f"image features ({backbone.info.name}{', ' + view if view else ''})",
+               unit="img", disable=None if progress else True)
     for chunk in _batches(order, batch_size):
         first = [unique[key][0] for key in chunk]
-        p, t = forward(backbone.preprocess([_decode(data_dir, guids[i], keyed[i][1], backbone.image_size)
-                                            for i in first]))
+        images = [_decode(data_dir, guids[i], keyed[i][1], backbone.image_size) for i in first]
+        if view is not None:
+            images = [img.transpose(IMAGE_VIEWS[view]) for img in images]
+        p, t = forward(backbone.preprocess(images))
         for j, key in enumerate(chunk):
             seq = t[j].to(torch.float16).clone() if tokens else None
             _keep(store, key, unique[key], p[j].float().clone(), seq, pooled, toks)
@@ -246,10 +259,13 @@ def text_features_for(texts: Sequence[str], text_backbone, cache_dir: str | Path
 def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=None, image_backbone=None,
                      cache_dir: str | Path = DEFAULT_CACHE_DIR, tokens: bool | Sequence[str] = False,
                      batch_size: int = 32,
-                     progress: bool = True, accelerate: bool = True) -> FeatureSet:
+                     progress: bool = True, accelerate: bool = True, image_view: str | None = None) -> FeatureSet:
     """Pooled (and with ``tokens`` also sequence) features of every guid, from the cache where possible.
 
     ``tokens``: True for token/patch sequences of every modality, or the modality names that need them.
+
+    ``image_view`` (a name of :data:`IMAGE_VIEWS`, e.g. ``"hflip"``): features of that view of every image
+    instead of the image itself (test-time augmentation), cached under their own key.
 
     ``accelerate`` runs CNN image backbones in onnxruntime on the CPU (:mod:`msa.onnx_accel`)."""
     data_dir = Path(data_dir)
@@ -268,10 +284,9 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
         fs.backbones["text"] = _info_dict(text_backbone.info)
         fs.stats["text"] = {"computed": computed, "corrupt": store.corrupt, "total": len(guids)}
     if image_backbone is not None:
-        store = FeatureStore(cache_dir, image_backbone.info.key(), image_backbone.info.dim)
+        store = FeatureStore(cache_dir, image_store_key(image_backbone.info, image_view), image_backbone.info.dim)
         pooled, toks, computed = image_features(image_backbone, data_dir, guids, store, "image" in want, batch_size,
-                                                progress,
-                                                Path(cache_dir) if accelerate else None)
+                                                progress, Path(cache_dir) if accelerate else None, image_view)
         fs.pooled["image"] = torch.stack(pooled)
         if toks is not None:
             fs.tokens["image"] = toks
@@ -280,6 +295,16 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
     if any(st["computed"] for st in fs.stats.values()):
         release_memory()
     return fs
+
+
+def with_image_view(fs: FeatureSet, view_fs: FeatureSet) -> FeatureSet:
+    """``fs`` with its image features (pooled and tokens) replaced by those of ``view_fs`` (same guids)."""
+    if view_fs.guids != fs.guids:
+        raise ValueError("the view's features are not of the same guids")
+    return FeatureSet(guids=fs.guids, pooled={**fs.pooled, "image": view_fs.pooled["image"]},
+                      tokens={**fs.tokens, **({"image": view_fs.tokens["image"]} if "image" in view_fs.tokens
+                                              else {})},
+                      backbones=fs.backbones, stats=fs.stats)
 
 
 def release_memory() -> None:

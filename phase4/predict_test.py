@@ -60,7 +60,8 @@ def default_model() -> Path:
 
 
 def load_members(ckpt: Path):
-    """``([(model, config), ...], bias)`` of a checkpoint folder or an ensemble folder, every member checked."""
+    """``([(model, config), ...], bias, tta views)`` of a checkpoint folder or an ensemble folder, every member
+    checked; the views (e.g. ``["hflip"]``) are the test-time augmentations the ensemble was evaluated with."""
     from msa.checkpoint import load_checkpoint
     from msa.data import LABELS
     from msa.ensemble import is_ensemble, read_ensemble
@@ -68,9 +69,9 @@ def load_members(ckpt: Path):
 
     if is_ensemble(ckpt):
         spec = read_ensemble(ckpt)
-        members, bias = [load_checkpoint(d) for d in spec["member_dirs"]], spec.get("bias")
+        members, bias, views = [load_checkpoint(d) for d in spec["member_dirs"]], spec.get("bias"), spec.get("tta", [])
     else:
-        members, bias = [load_checkpoint(ckpt)], None
+        members, bias, views = [load_checkpoint(ckpt)], None, []
     first = members[0][1]
     for _, config in members:
         if list(config.get("labels", [])) != list(LABELS):
@@ -79,7 +80,7 @@ def load_members(ckpt: Path):
             raise cli.UserError(f"{ckpt} was trained with another text normalisation; retrain it with this version")
         if config.get("backbones") != first.get("backbones"):
             raise cli.UserError(f"the members of {ckpt} were trained on different backbones")
-    return members, bias
+    return members, bias, list(views)
 
 
 def default_checkpoint() -> Path:
@@ -117,7 +118,7 @@ def backbones_for(config: dict):
 
 
 def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts: dict, n_members: int = 1,
-                     bias=None) -> None:
+                     bias=None, tta=()) -> None:
     import json
     import time
 
@@ -135,7 +136,7 @@ def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts:
                       "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "checkpoint": str(Path(ckpt).resolve()),
                       "source_run": source, "model_sha256": file_sha256(Path(ckpt) / (ENSEMBLE_FILE if ensemble
                                                                  else "model.safetensors")),
-                      "members": n_members, "decision_bias": bias,
+                      "members": n_members, "decision_bias": bias, "test_time_views": list(tta),
                       "backbones": {m: b.get("name") for m, b in (config.get("backbones") or {}).items()},
                       "validation": metrics})
 
@@ -146,14 +147,14 @@ def main(argv=None) -> int:
 
     from msa.data import LABELS, read_index
     from msa.ensemble import apply_bias
-    from msa.features import extract_features
+    from msa.features import extract_features, with_image_view
     from msa.io import write_csv, write_text
     from msa.trainer import FeatureDataset, make_loader, predict_proba
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     ckpt = args.checkpoint or default_model()
-    members, bias = load_members(ckpt)
+    members, bias, views = load_members(ckpt)
     config = members[0][1]
     test_file = args.test_file or Path(args.data_root) / "test_without_label.txt"
     test = read_index(test_file, labelled=False)
@@ -161,17 +162,22 @@ def main(argv=None) -> int:
         log.warning("%s: %s %s (%s)", test_file, p.reason, p.guid, p.detail)
     tb, ib = backbones_for(config)
     token_mods = sorted({m for _, c in members for m in c.get("token_modalities", [])})
-    fs = extract_features(test.guids, Path(args.data_root) / "data", tb, ib, args.cache_dir,
-                          tokens=token_mods, batch_size=args.batch_size)
+    data_dir = Path(args.data_root) / "data"
+    fs = extract_features(test.guids, data_dir, tb, ib, args.cache_dir, tokens=token_mods, batch_size=args.batch_size)
     modalities = [m for m in ("text", "image") if m in fs.pooled]
-    ds = FeatureDataset(fs, range(len(test.guids)), None, modalities, token_mods)
-    loader = make_loader(ds, 256, False, 0)
-    total = None
-    with torch.no_grad():
-        for model, _ in members:
-            p, index = predict_proba(model, loader)
-            total = p[index.argsort()] if total is None else total + p[index.argsort()]
-    proba = apply_bias(total / len(members), bias)
+    views = views if ib is not None else []
+    total, n = None, 0
+    for view in [None, *views]:  # test-time augmentation: the mean over the image and its views
+        vfs = fs if view is None else with_image_view(fs, extract_features(
+            test.guids, data_dir, None, ib, args.cache_dir, tokens=[m for m in token_mods if m == "image"],
+            batch_size=args.batch_size, image_view=view))
+        loader = make_loader(FeatureDataset(vfs, range(len(test.guids)), None, modalities, token_mods), 256, False, 0)
+        with torch.no_grad():
+            for model, _ in members:
+                p, index = predict_proba(model, loader)
+                total = p[index.argsort()] if total is None else total + p[index.argsort()]
+                n += 1
+    proba = apply_bias(total / n, bias)
     tags = [LABELS[k] for k in proba.argmax(1)]
     assert len(tags) == len(test.guids)
     out = write_text(args.output, "guid,tag\n" + "".join(f"{g},{t}\n" for g, t in zip(test.guids, tags)))
@@ -185,7 +191,7 @@ def main(argv=None) -> int:
                                      else Path(f"{args.output}.provenance.json"))
     if provenance:
         write_provenance(provenance, out, ckpt, config, {lab: int(n) for lab, n in counts.items()},
-                         n_members=len(members), bias=bias)
+                         n_members=len(members), bias=bias, tta=views)
     print(f"{len(tags)} predictions from {ckpt} -> {out} "
           f"({', '.join(f'{lab} {n}' for lab, n in counts.items())})")
     return 0

@@ -5,6 +5,8 @@ predict_test uses; and the decision-rule helpers."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,14 +40,28 @@ def run(synthetic_root, tmp_path_factory):
 
 def test_table_rows_and_figures(run):
     table = pd.read_csv(run["res"] / "summary.csv")
-    assert table["row"].tolist() == ["final", "final-rule", "final-ensemble", "final-both", *final.VARIANTS]
+    # defaults: arg-max, no test-time view; the rule and the view are shown as additions
+    assert table["row"].tolist() == ["final", "final-ensemble", "final+rule", "final+tta", *final.VARIANTS]
     assert (table["folds"] == FOLDS).all()
     assert table.set_index("row").loc["final", "members"] == len(SEEDS)
-    assert table.set_index("row").loc["final-both", "members"] == 1
+    assert table.set_index("row").loc["final-ensemble", "members"] == 1
+    folds = pd.read_csv(run["res"] / "folds.csv").set_index("row")
+    assert (folds.loc["final", "views"] == 1).all() and (folds.loc["final+tta", "views"] == 2).all()
+    assert (folds.loc["final", "bias"] == "[0.0, 0.0, 0.0]").all()
     md = (run["res"] / "summary.md").read_text()
     assert "3-fold cross-validation" in md and "Δ weighted F1" in md
     for name in ("contributions.png", "confusion.png"):
         assert (run["tmp"] / "figures" / name).stat().st_size > 1000
+
+
+def test_free_rows_toggle_each_part_of_the_recipe():
+    from types import SimpleNamespace as NS
+
+    rows = final.free_rows(NS(decision="bias", tta="hflip"), has_view=True)
+    assert rows == {"final": {"ensemble", "rule", "tta"}, "final-ensemble": {"rule", "tta"},
+                    "final-rule": {"ensemble", "tta"}, "final-tta": {"ensemble", "rule"}, "final-single": set()}
+    rows = final.free_rows(NS(decision="argmax", tta="none"), has_view=False)
+    assert rows == {"final": {"ensemble"}, "final-ensemble": set(), "final+rule": {"ensemble", "rule"}}
 
 
 def test_held_out_folds_are_only_predicted(run):
@@ -80,6 +96,49 @@ def test_the_ensemble_predicts_the_test_file(run, tmp_path):
     assert prov["members"] == FOLDS * len(SEEDS) and prov["decision_bias"] == spec["bias"]
 
 
+def test_test_time_augmentation_uses_the_mirrored_images(run, tmp_path):
+    """The hflip view is the backbone's features of the left-right mirrored image; the recipe's probabilities are
+    the mean over both views (so they differ from the image-only row), and predict_test applies the view an
+    ensemble records (and writes so in its provenance)."""
+    from PIL import Image
+
+    from msa.backbones import image_backbone
+    from msa.features import _decode, extract_features, image_content_key
+
+    root = run["root"]
+    ib = image_backbone(str(run["tmp"] / "vit"))
+    guids = pd.read_csv(run["work"] / "train_cleaned.txt", dtype=str)["guid"].tolist()[:4]
+    fs = extract_features(guids, root / "data", None, ib, tmp_path / "cache", image_view="hflip", progress=False)
+    plain = extract_features(guids, root / "data", None, ib, tmp_path / "cache", progress=False)
+    for i, guid in enumerate(guids):
+        img = _decode(root / "data", guid, image_content_key(root / "data", guid)[1], ib.image_size)
+        want = ib.encode([img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])[0]
+        assert np.allclose(fs.pooled["image"][i].numpy(), want.numpy(), atol=1e-4)
+    assert not np.allclose(fs.pooled["image"].numpy(), plain.pooled["image"].numpy(), atol=1e-3)
+    with pytest.raises(UserError, match="unknown image view"):
+        extract_features(guids, root / "data", None, ib, tmp_path / "cache", image_view="rot13", progress=False)
+
+    preds = pd.read_csv(run["res"] / "predictions.csv", dtype={"guid": str})
+    cols = [c for c in preds.columns if c.startswith("p_")]
+    assert not np.allclose(preds[preds["row"] == "final"][cols].to_numpy(),
+                           preds[preds["row"] == "final+tta"][cols].to_numpy())
+    spec = json.loads((run["res"] / "best" / "ensemble.json").read_text())
+    assert spec["tta"] == []  # the default recipe has none
+    outs = {}
+    for views in (["hflip"], []):
+        best = tmp_path / f"best{len(views)}"
+        shutil.copytree(run["res"] / "best", best)
+        (best / "ensemble.json").write_text(json.dumps(spec | {"tta": views}))
+        out = tmp_path / f"predict{len(views)}.txt"
+        assert predict_test.main(["--checkpoint", str(best), "--data-root", str(root), "--output", str(out),
+                                  "--cache-dir", str(run["tmp"] / "cache"),
+                                  "--probabilities", str(tmp_path / f"p{len(views)}.csv")]) == 0
+        assert json.loads(Path(f"{out}.provenance.json").read_text())["test_time_views"] == views
+        outs[len(views)] = pd.read_csv(tmp_path / f"p{len(views)}.csv")
+    assert not np.allclose(outs[1][[f"p_{c}" for c in ("negative", "neutral", "positive")]].to_numpy(),
+                           outs[0][[f"p_{c}" for c in ("negative", "neutral", "positive")]].to_numpy())
+
+
 def test_rerun_is_skipped_and_missing_folds_are_a_clear_error(run, tmp_path, capsys):
     assert final.main(run["argv"]) == 0
     assert "up to date" in capsys.readouterr().out
@@ -106,3 +165,17 @@ def test_choose_bias_finds_an_offset_only_when_it_helps():
     # well-calibrated, perfectly separable predictions: no offset is needed
     clean = np.eye(3)[y] * 0.9 + 0.05
     assert choose_bias(clean, y)[0] == [0.0, 0.0, 0.0]
+
+
+def test_text_top_layers_experiment_runs_on_the_folds(run, capsys):
+    """The documented fine-tuning experiment: both arms run on a fold and report held-out scores."""
+    from final.experiments import text_top_layers
+
+    assert text_top_layers.main(["--data-root", str(run["root"]), "--work-dir", str(run["work"]),
+                                 "--text-backbone", str(run["tmp"] / "bert"), "--folds", str(FOLDS),
+                                 "--folds-used", "0", "--layers", "1", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "frozen" in out and "top 1 fine-tuned" in out and out.count("held-out weighted F1") == 2
+    with pytest.raises(UserError, match="--layers"):
+        text_top_layers.main(["--data-root", str(run["root"]), "--work-dir", str(run["work"]),
+                              "--text-backbone", str(run["tmp"] / "bert"), "--folds", str(FOLDS), "--layers", "99"])
