@@ -10,7 +10,14 @@ PHASE2_ARGS ?=
 PHASE3_ARGS ?=
 # e.g. PHASE4_ARGS="--captioner openai --vlm-model qwen-vl-plus" (key in VLM_API_KEY)
 PHASE4_ARGS ?=
+PHASE5_ARGS ?=
+PHASE6_ARGS ?=
+# extra flags of the Optuna search (phase2/search_hyperparam.py), e.g. SEARCH_ARGS="--num-epochs 20"
+SEARCH_ARGS ?=
 FINAL_ARGS ?=
+# make demo: where it writes (git-ignored) and its preset (quick, or smallest as in CI)
+DEMO_DIR ?= demo
+DEMO_PRESET ?= quick
 TRIALS ?= 50
 SEEDS  ?= 42,43,44
 STAMP  := $(VENV)/.installed
@@ -18,10 +25,11 @@ STAMP  := $(VENV)/.installed
 FORCE  ?=
 F      := $(if $(FORCE),--force,)
 
-.PHONY: setup run phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
+.PHONY: setup run check-data demo phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
 
 help:
 	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
+	@echo "make demo               set up, then run the whole pipeline on a small synthetic dataset (no data needed)"
 	@echo "make run DATA=PATH      set up, then run the pipeline on the dataset root PATH (default dataset/)"
 	@echo "make test [DATA=PATH]   set up, then ruff + pytest (the real-data tests use DATA when it has train.txt)"
 
@@ -33,7 +41,24 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-run: setup phase0 phase1 phase2 phase3 phase4 phase5 phase6 final predict report
+run: setup check-data phase0 phase1 phase2 phase3 phase4 phase5 phase6 final predict report
+
+# one clear message (not a traceback) when DATA is not a dataset root
+check-data:
+	@test -f "$(DATA)/train.txt" || { \
+	  echo "error: no dataset at DATA=$(DATA) (there is no $(DATA)/train.txt)."; \
+	  echo "  Expected layout (MVSA-Single as in the ECNU AI course, experiment 5):"; \
+	  echo "    DATA/train.txt              guid,tag   (tag: positive / neutral / negative)"; \
+	  echo "    DATA/test_without_label.txt guid,tag   (tag: null)"; \
+	  echo "    DATA/data/<guid>.jpg and DATA/data/<guid>.txt   one image and one text per post"; \
+	  echo "  The course distributes this folder with the assignment; MVSA itself comes from the MCRLab"; \
+	  echo "  (Niu et al., MMM 2016). Point DATA at it: make run DATA=path/to/dataset"; \
+	  echo "  No data yet? 'make demo' runs the whole pipeline on a small synthetic dataset."; \
+	  exit 2; }
+
+# the whole pipeline on a synthetic dataset, in $(DEMO_DIR)/ (a copy of the code, its own caches and results)
+demo: setup
+	$(PY) -m msa.demo --out $(DEMO_DIR) --preset $(DEMO_PRESET) --venv $(VENV)
 
 phase0: setup
 	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(F) $(PHASE0_ARGS)
@@ -44,7 +69,7 @@ phase1: setup
 
 phase2: setup
 	$(PY) phase2/run_phase2.py --data-root $(DATA) --seeds $(SEEDS) $(F) $(PHASE2_ARGS)
-	$(PY) phase2/search_hyperparam.py --data-root $(DATA) --n-trials $(TRIALS) $(F)
+	$(PY) phase2/search_hyperparam.py --data-root $(DATA) --n-trials $(TRIALS) $(F) $(SEARCH_ARGS)
 
 phase3: setup
 	$(PY) phase3/run_phase3.py --data-root $(DATA) --seeds $(SEEDS) $(F) $(PHASE3_ARGS)
@@ -53,10 +78,10 @@ phase4: setup
 	$(PY) phase4/run_phase4.py --data-root $(DATA) --seeds $(SEEDS) $(F) $(PHASE4_ARGS)
 
 phase5: setup
-	$(PY) phase5/run_phase5.py --data-root $(DATA) --seeds $(SEEDS) $(F)
+	$(PY) phase5/run_phase5.py --data-root $(DATA) --seeds $(SEEDS) $(F) $(PHASE5_ARGS)
 
 phase6: setup
-	$(PY) phase6/run_phase6.py --data-root $(DATA) $(F)
+	$(PY) phase6/run_phase6.py --data-root $(DATA) $(F) $(PHASE6_ARGS)
 
 final: setup
 	$(PY) final/run_final.py --data-root $(DATA) $(F) $(FINAL_ARGS)

@@ -1,4 +1,5 @@
-"""One report from the run folders: ``python -m msa.report`` writes results/REPORT.md (and its figure).
+"""One report from the run folders: ``python -m msa.report`` writes results/REPORT.md (and its figure) and
+results/REPORT.html, the same report as one self-contained file (figures embedded as data URIs, no network).
 
 It only reads what the phases wrote (their summary tables, best.json files, figures and predict_test's
 provenance record) and never recomputes anything, so it is cheap to regenerate after any phase. Missing phases
@@ -23,25 +24,28 @@ from msa.io import write_text
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "REPORT.md"
 
-#: (title, summary markdown files (first found), figure folder, one-line "how to read")
+#: (title, summary markdown files (first found), figure folders (the one at the found summary's position),
+#: one-line "how to read")
 PHASES = (
-    ("Phase 0: dataset audit", ["phase0/results/data_summary.md"], "phase0/figures",
+    ("Phase 0: dataset audit", ["phase0/results/data_summary.md"], ["phase0/figures"],
      "What was read, removed and why; the persisted split every later number is measured on."),
-    ("Phase 1: baseline", ["phase1/results/Phase1_Baseline_summary.md"], "phase1/figures",
+    ("Phase 1: baseline", ["phase1/results/Phase1_Baseline_summary.md"], ["phase1/figures"],
      "The seed's baseline recipe (concat fusion, cross-entropy) on the frozen offline backbones."),
-    ("Phase 2: fusion and hyper-parameter search", ["phase2/results/summary.md"], "phase2/figures",
+    ("Phase 2: fusion and hyper-parameter search", ["phase2/results/summary.md"], ["phase2/figures"],
      "Every fusion with the same settings and seeds, then an Optuna search on the best one."),
-    ("Phase 3: class-imbalance losses", ["phase3/results/summary.md"], "phase3/figures",
+    ("Phase 3: class-imbalance losses", ["phase3/results/summary.md"], ["phase3/figures"],
      "Each loss x sampler over seeds; the differences to CE come with their standard errors."),
-    ("Phase 4: hard samples and caption augmentation", ["phase4/results/summary.md"], "phase4/figures",
+    ("Phase 4: hard samples and caption augmentation", ["phase4/results/summary.md"], ["phase4/figures"],
      "Fine-tuning from phase 3 with captions of hard training posts; `none` is the no-caption control."),
-    ("Phase 5: modality ablation", ["phase5/results/ablation.md"], "phase5/figures",
+    ("Phase 5: modality ablation", ["phase5/results/ablation.md"], ["phase5/figures"],
      "Masking one modality of the trained model vs retraining without it."),
-    ("Phase 6: CLIP linear probes", ["phase6/results/summary.md"], "phase6/figures",
+    ("Phase 6: CLIP linear probes", ["phase6/results/summary.md"], ["phase6/figures"],
      "Linear probes on frozen embeddings (CLIP when its folder exists) against the phase-4 model."),
-    ("Final recipe: cross-validated", ["final/ablation/summary.md", "final/results/summary.md"], "final/figures",
-     "The recipe predict.txt comes from, measured by 5-fold CV with early stopping and the decision rule on "
-     "inner validation data; each ablation row removes or swaps one part (Δ on the same folds)."),
+    ("Final recipe: cross-validated", ["final/ablation/summary.md", "final/results/summary.md"],
+     ["final/ablation/figures", "final/figures"],
+     "The recipe predict.txt comes from, measured by 5-fold CV (early stopping and any decision rule on inner "
+     "validation data, each post held out once); each further row adds, removes or swaps one part of the recipe "
+     "(Δ weighted F1 against the recipe on the same folds)."),
 )
 
 
@@ -201,12 +205,13 @@ def build(root: Path = REPO, out: Path = DEFAULT_OUT) -> Path:
             lines += [f"![performance evolution]({_rel(fig, out_dir)})", ""]
     else:
         lines += ["No training phase has finished yet.", ""]
-    for title, summaries, figdir, how in PHASES:
+    for title, summaries, figdirs, how in PHASES:
         lines += [f"## {title}", "", f"*How to read it:* {how}", ""]
-        found = next((root / s for s in summaries if (root / s).is_file()), None)
-        if found is None:
+        at = next((i for i, s in enumerate(summaries) if (root / s).is_file()), None)
+        if at is None:
             lines += [f"Not run yet (no `{summaries[0]}`).", ""]
             continue
+        found, figdir = root / summaries[at], figdirs[min(at, len(figdirs) - 1)]
         body = found.read_text(encoding="utf-8").strip()
         body = re.sub(r"^# .*\n?", "", body, count=1)  # the section title replaces the file's own
         body = re.sub(r"!\[([^\]]*)\]\((?!https?:|/)([^)]+)\)",
@@ -217,7 +222,59 @@ def build(root: Path = REPO, out: Path = DEFAULT_OUT) -> Path:
         for f in figures:
             if _rel(f, out_dir) not in linked:
                 lines += [f"![{f.stem.replace('_', ' ')}]({_rel(f, out_dir)})", ""]
-    return write_text(out, "\n".join(lines).rstrip() + "\n")
+    md = write_text(out, "\n".join(lines).rstrip() + "\n")
+    write_html(md, out.with_suffix(".html"))
+    return md
+
+
+HTML_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; max-width: 72rem;
+       margin: 2rem auto; padding: 0 1.5rem; line-height: 1.45; color: #1f2328; }
+h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2.5rem; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: .9rem; display: block; overflow-x: auto; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; }
+th { background: #f6f8fa; } tr:nth-child(even) td { background: #fbfcfd; }
+td { font-variant-numeric: tabular-nums; }
+img { max-width: 100%; height: auto; border: 1px solid #eaeef2; margin: .5rem 0; }
+code { background: #f6f8fa; padding: .1rem .3rem; border-radius: 4px; font-size: .85em; }
+em { color: #57606a; }
+nav { background: #f6f8fa; padding: .5rem 1rem; border-radius: 6px; }
+"""
+
+
+def write_html(md_path: Path, html_path: Path) -> Path:
+    """The markdown report as one self-contained HTML file: tables rendered, every local image embedded as a
+    data URI (a missing one becomes a note), a table of contents of the sections."""
+    import base64
+    import html
+    import mimetypes
+
+    import markdown
+
+    md_path, html_path = Path(md_path), Path(html_path)
+    body = markdown.markdown(md_path.read_text(encoding="utf-8"), extensions=["tables", "toc"])
+
+    def embed(m: re.Match) -> str:
+        src = html.unescape(m.group(2))
+        if src.startswith("data:"):
+            return m.group(0)
+        path = (md_path.parent / src).resolve()
+        if not path.is_file():
+            return f"<em>(figure {html.escape(src)} is missing)</em>"
+        mime = mimetypes.guess_type(path.name)[0] or "image/png"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'{m.group(1)}data:{mime};base64,{data}{m.group(3)}'
+
+    body = re.sub(r'(<img\b[^>]*?\bsrc=")([^"]+)(")', embed, body)
+    sections = re.findall(r'<h2 id="([^"]+)">(.*?)</h2>', body)
+    nav = "<nav><strong>Sections:</strong> " + " · ".join(f'<a href="#{i}">{t}</a>' for i, t in sections) + "</nav>"
+    body = re.sub(r"</h1>", lambda m: m.group(0) + "\n" + nav, body, count=1)
+    page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>Report: multimodal sentiment pipeline</title>\n<style>{HTML_STYLE}</style>\n</head>\n"
+            f"<body>\n{body}\n</body>\n</html>\n")
+    return write_text(html_path, page)
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -231,7 +288,7 @@ def build_parser() -> cli.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out = build(Path(args.root), Path(args.output))
-    print(f"report -> {out}")
+    print(f"report -> {out} and {out.with_suffix('.html')} (self-contained; open it in a browser)")
     return 0
 
 

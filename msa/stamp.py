@@ -27,8 +27,9 @@ VOLATILE_ARGS = ("verbose", "force", "resume", "jobs", "cache_dir", "caption_cac
                  "batch_size_features", "progress")
 
 
-#: library modules that cannot change what a phase computes (the report reads results; stamps are bookkeeping)
-NOT_RESULTS = ("report.py", "stamp.py")
+#: library modules that cannot change what a phase computes (the report reads results, stamps are bookkeeping,
+#: the demo only runs the phases)
+NOT_RESULTS = ("report.py", "stamp.py", "demo.py")
 
 
 def code_sha256(*paths: str | Path) -> str:

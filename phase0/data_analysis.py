@@ -1,4 +1,5 @@
-"""Phase 0b: dataset analysis: label balance, text lengths, encodings, image sizes, duplicates, audit.
+"""Phase 0b: analyses what phase 0a wrote in dataset/ (label balance, text lengths, encodings, image sizes,
+duplicates, audit) and writes phase0/figures/*.png and phase0/results/data_summary.md.
 
 Run from the repository root after phase0/data_cleaner.py:
 

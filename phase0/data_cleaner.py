@@ -1,4 +1,5 @@
-"""Phase 0a: integrity check, near-duplicate removal, cleaned index, audit and the persisted split.
+"""Phase 0a: checks every post of DATA (train.txt, test_without_label.txt, data/*), removes broken and
+duplicate ones, and writes the cleaned index, the audit and the persisted splits to dataset/.
 
 Run from the repository root:
 

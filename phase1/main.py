@@ -1,4 +1,5 @@
-"""Phase 1: the baseline: frozen text + image backbones, concat fusion, cross-entropy.
+"""Phase 1: trains the baseline (frozen text + image backbones, concat fusion, cross-entropy) on phase 0's
+cleaned index and split, and writes run folders, a summary and best/ to phase1/results/.
 
 Run from the repository root after phase 0:
 

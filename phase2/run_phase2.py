@@ -1,4 +1,5 @@
-"""Phase 2a: fusion search: every fusion of the registry x several seeds on the phase-0 split.
+"""Phase 2a: trains every fusion of the registry x several seeds on phase 0's split and writes the comparison
+and best_config.json to phase2/results/ (figure in phase2/figures/).
 
 Run from the repository root after phase 0 (phase 1 is not needed; the features come from the same cache):
 

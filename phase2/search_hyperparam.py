@@ -1,4 +1,5 @@
-"""Phase 2b: Optuna hyper-parameter search on cached features (TPE sampler, median pruning).
+"""Phase 2b: Optuna hyper-parameter search (TPE sampler, median pruning) of the fusion in
+phase2/results/best_config.json, which it updates; the study and trial table also go to phase2/results/.
 
 Run from the repository root after phase 0 (and usually after phase2/run_phase2.py, whose best fusion it tunes):
 

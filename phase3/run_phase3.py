@@ -1,4 +1,5 @@
-"""Phase 3: class imbalance: every loss (ce, weighted_ce, focal, acb) with and without a class-balanced sampler.
+"""Phase 3: trains phase 2's best configuration with every class-imbalance loss (ce, weighted_ce, focal, acb),
+with and without a class-balanced sampler, and writes runs, tables and best/ to phase3/results/.
 
 Run from the repository root after phase 0 (and, ideally, phase 2, whose best configuration it starts from):
 

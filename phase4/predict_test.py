@@ -1,10 +1,16 @@
-"""Predict the unlabelled test posts and write predict.txt (guid,tag).
+"""Predict the unlabelled test posts with the best trained model and write predict.txt (guid,tag); or predict
+one post given on the command line.
 
 Run from the repository root:
 
     python phase4/predict_test.py --data-root dataset/
     python phase4/predict_test.py --checkpoint phase1/results/Phase1_Baseline-s42/checkpoint \\
         --test-file dataset/test_without_label.txt --data-root dataset/ --output predict.txt
+    python phase4/predict_test.py --image photo.jpg --text "what a day #happy"      # one post
+    python phase4/predict_test.py --image photo.jpg --text-file post.txt --json     # one post, for scripts
+
+One post (--image and/or --text / --text-file): prints the label and the three probabilities (--json: one JSON
+object), reading and preprocessing the files exactly as the dataset's posts; nothing is written.
 
 Reads  a checkpoint or ensemble folder (default: the final recipe's final/results/best ensemble, else
        phase4/results/best/checkpoint, else phase3's, else phase1's best,
@@ -47,8 +53,78 @@ def build_parser() -> cli.ArgumentParser:
                    help="JSON record of where the predictions came from (checkpoint, its run, weights hash, "
                         "counts; read by the report). Default: results/predict_provenance.json for the default "
                         "--output, else <output>.provenance.json")
+    one = p.add_argument_group("one post instead of the test file")
+    one.add_argument("--image", type=Path, default=None, help="the post's image file")
+    text = one.add_mutually_exclusive_group()
+    text.add_argument("--text", default=None, help="the post's text")
+    text.add_argument("--text-file", type=Path, default=None, help="a file holding the post's text (any encoding)")
+    one.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Path, cache_dir: Path,
+                 batch_size: int, progress: bool = True):
+    """Class probabilities (N, 3) of ``guids`` (files under ``data_dir``) by checkpoint ``members``: the mean over
+    members and test-time ``views``, with the decision ``bias`` applied."""
+    import torch
+
+    from msa.ensemble import apply_bias
+    from msa.features import extract_features, with_image_view
+    from msa.trainer import FeatureDataset, make_loader, predict_proba
+
+    tb, ib = backbones_for(members[0][1])
+    token_mods = sorted({m for _, c in members for m in c.get("token_modalities", [])})
+    fs = extract_features(guids, data_dir, tb, ib, cache_dir, tokens=token_mods, batch_size=batch_size,
+                          progress=progress)
+    modalities = [m for m in ("text", "image") if m in fs.pooled]
+    views = views if ib is not None else []
+    total, n = None, 0
+    for view in [None, *views]:  # test-time augmentation: the mean over the image and its views
+        vfs = fs if view is None else with_image_view(fs, extract_features(
+            guids, data_dir, None, ib, cache_dir, tokens=[m for m in token_mods if m == "image"],
+            batch_size=batch_size, image_view=view, progress=progress))
+        loader = make_loader(FeatureDataset(vfs, range(len(guids)), None, modalities, token_mods), 256, False, 0)
+        with torch.no_grad():
+            for model, _ in members:
+                p, index = predict_proba(model, loader)
+                total = p[index.argsort()] if total is None else total + p[index.argsort()]
+                n += 1
+    return apply_bias(total / n, bias)
+
+
+def predict_one(args, ckpt: Path) -> int:
+    """The --image / --text mode: one post, written to a temporary data folder so that it is read and
+    preprocessed exactly as a dataset post."""
+    import json
+    import shutil
+    import tempfile
+
+    from msa.data import LABELS
+
+    if args.image is not None and not args.image.is_file():
+        raise cli.UserError(f"--image {args.image}: no such file")
+    if args.text_file is not None and not args.text_file.is_file():
+        raise cli.UserError(f"--text-file {args.text_file}: no such file")
+    members, bias, views = load_members(ckpt)
+    with tempfile.TemporaryDirectory(prefix="msa-post-") as tmp:
+        data = Path(tmp)
+        if args.image is not None:
+            shutil.copyfile(args.image, data / f"post{args.image.suffix.lower() or '.jpg'}")
+        if args.text_file is not None:
+            shutil.copyfile(args.text_file, data / "post.txt")
+        else:
+            (data / "post.txt").write_text(args.text or "", encoding="utf-8")
+        proba = member_proba(members, views, bias, ["post"], data, args.cache_dir, args.batch_size,
+                             progress=False)[0]
+    label = LABELS[int(proba.argmax())]
+    probs = {lab: round(float(proba[k]), 4) for k, lab in enumerate(LABELS)}
+    if args.json:
+        print(json.dumps({"label": label, "probabilities": probs, "model": str(ckpt),
+                          "image": str(args.image) if args.image else None}))
+    else:
+        print(f"{label}  ({', '.join(f'{lab} {v:.3f}' for lab, v in probs.items())})  model: {ckpt}")
+    return 0
 
 
 def default_model() -> Path:
@@ -90,8 +166,9 @@ def default_checkpoint() -> Path:
             return best
     found = sorted(REPO.glob("phase*/results/*/checkpoint/model.safetensors"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise cli.UserError("no trained model found: train one first (python phase1/main.py --data-root DATA), "
-                            "or pass --checkpoint DIR")
+        raise cli.UserError("no trained model found: train one first (`make run DATA=path/to/dataset`, or "
+                            "`make demo` on synthetic data; the quickest single model: python phase1/main.py "
+                            "--data-root DATA), or pass --checkpoint DIR")
     return found[-1].parent
 
 
@@ -143,41 +220,26 @@ def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts:
 
 def main(argv=None) -> int:
     import pandas as pd
-    import torch
 
     from msa.data import LABELS, read_index
-    from msa.ensemble import apply_bias
-    from msa.features import extract_features, with_image_view
     from msa.io import write_csv, write_text
-    from msa.trainer import FeatureDataset, make_loader, predict_proba
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     ckpt = args.checkpoint or default_model()
+    if args.image is not None or args.text is not None or args.text_file is not None:
+        return predict_one(args, ckpt)
+    if args.json:
+        raise cli.UserError("--json is for one post (--image / --text / --text-file)")
     members, bias, views = load_members(ckpt)
     config = members[0][1]
     test_file = args.test_file or Path(args.data_root) / "test_without_label.txt"
     test = read_index(test_file, labelled=False)
     for p in test.problems:
         log.warning("%s: %s %s (%s)", test_file, p.reason, p.guid, p.detail)
-    tb, ib = backbones_for(config)
-    token_mods = sorted({m for _, c in members for m in c.get("token_modalities", [])})
-    data_dir = Path(args.data_root) / "data"
-    fs = extract_features(test.guids, data_dir, tb, ib, args.cache_dir, tokens=token_mods, batch_size=args.batch_size)
-    modalities = [m for m in ("text", "image") if m in fs.pooled]
-    views = views if ib is not None else []
-    total, n = None, 0
-    for view in [None, *views]:  # test-time augmentation: the mean over the image and its views
-        vfs = fs if view is None else with_image_view(fs, extract_features(
-            test.guids, data_dir, None, ib, args.cache_dir, tokens=[m for m in token_mods if m == "image"],
-            batch_size=args.batch_size, image_view=view))
-        loader = make_loader(FeatureDataset(vfs, range(len(test.guids)), None, modalities, token_mods), 256, False, 0)
-        with torch.no_grad():
-            for model, _ in members:
-                p, index = predict_proba(model, loader)
-                total = p[index.argsort()] if total is None else total + p[index.argsort()]
-                n += 1
-    proba = apply_bias(total / n, bias)
+    proba = member_proba(members, views, bias, test.guids, Path(args.data_root) / "data", args.cache_dir,
+                         args.batch_size)
+    views = views if members[0][1].get("backbones", {}).get("image") else []
     tags = [LABELS[k] for k in proba.argmax(1)]
     assert len(tags) == len(test.guids)
     out = write_text(args.output, "guid,tag\n" + "".join(f"{g},{t}\n" for g, t in zip(test.guids, tags)))

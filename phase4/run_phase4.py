@@ -1,4 +1,5 @@
-"""Phase 4: mine hard training samples of the phase-3 model, caption their images, fine-tune on the augmented split.
+"""Phase 4: mines hard training posts with phase 3's models, captions their images, fine-tunes on the
+augmented training split, and writes captions, runs, tables and best/ to phase4/results/.
 
 Run from the repository root after phase 3:
 

@@ -179,3 +179,31 @@ def test_text_top_layers_experiment_runs_on_the_folds(run, capsys):
     with pytest.raises(UserError, match="--layers"):
         text_top_layers.main(["--data-root", str(run["root"]), "--work-dir", str(run["work"]),
                               "--text-backbone", str(run["tmp"] / "bert"), "--folds", str(FOLDS), "--layers", "99"])
+
+
+def test_one_post_matches_the_test_file_prediction(run, tmp_path, capsys):
+    """--image/--text-file on a test post's own files gives exactly the probabilities predict_test gives that
+    post in the test file; --json is one parseable object; a missing file is a clear error."""
+    from msa.data import find_image
+
+    best, root = run["res"] / "best", run["root"]
+    probs = tmp_path / "p.csv"
+    assert predict_test.main(["--checkpoint", str(best), "--data-root", str(root), "--output",
+                              str(tmp_path / "predict.txt"), "--cache-dir", str(run["tmp"] / "cache"),
+                              "--probabilities", str(probs)]) == 0
+    table = pd.read_csv(probs, dtype={"guid": str}).set_index("guid")
+    guid = next(g for g in table.index if find_image(root / "data", g) and (root / "data" / f"{g}.txt").is_file())
+    capsys.readouterr()
+    assert predict_test.main(["--checkpoint", str(best), "--image", str(find_image(root / "data", guid)),
+                              "--text-file", str(root / "data" / f"{guid}.txt"), "--json",
+                              "--cache-dir", str(tmp_path / "cache")]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["label"] == table.loc[guid, "tag"]
+    for lab in ("negative", "neutral", "positive"):
+        assert got["probabilities"][lab] == pytest.approx(table.loc[guid, f"p_{lab}"], abs=1e-3)
+    assert predict_test.main(["--checkpoint", str(best), "--text", "what a wonderful day",
+                              "--cache-dir", str(tmp_path / "cache")]) == 0
+    line = capsys.readouterr().out
+    assert line.split()[0] in ("negative", "neutral", "positive") and "positive 0." in line
+    with pytest.raises(UserError, match="no such file"):
+        predict_test.main(["--checkpoint", str(best), "--image", str(tmp_path / "nope.jpg")])

@@ -49,3 +49,64 @@ def test_report_from_partial_run_folders(tmp_path):
 def test_report_before_any_phase(tmp_path):
     md = report.build(tmp_path, tmp_path / "REPORT.md").read_text()
     assert "No training phase has finished yet" in md and "has not been written" in md
+
+
+def test_html_report_is_self_contained_with_every_table_and_figure(tmp_path):
+    """REPORT.html: one file, every figure embedded as a data URI (none fetched from anywhere), every phase a
+    section with its table and its "how to read it" line, and a table of contents."""
+    from html.parser import HTMLParser
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = tmp_path
+    summaries = {s[0]: s[1][0] for s in report.PHASES}
+    for i, (title, path) in enumerate(summaries.items()):
+        _write(root / path, f"# {title}\n\n| row | weighted F1 |\n|---|---:|\n| model {i} | 0.{60 + i} |\n")
+        figdir = root / report.PHASES[i][2][0]
+        figdir.mkdir(parents=True, exist_ok=True)
+        plt.figure(figsize=(2, 2))
+        plt.plot([0, i])
+        plt.savefig(figdir / f"fig{i}.png")
+        plt.close()
+    report.build(root, root / "results" / "REPORT.md")
+    html_path = root / "results" / "REPORT.html"
+    text = html_path.read_text()
+
+    class Parse(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.sections, self.current, self.links = [], [], None, []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "img":
+                self.imgs.append(a.get("src", ""))
+            if tag in ("script", "link", "iframe"):
+                self.links.append(tag)
+            if tag == "h2":
+                self.current = {"title": "", "tables": 0, "in_title": True}
+                self.sections.append(self.current)
+            if tag == "table" and self.current:
+                self.current["tables"] += 1
+
+        def handle_endtag(self, tag):
+            if tag == "h2" and self.current:
+                self.current["in_title"] = False
+
+        def handle_data(self, data):
+            if self.current and self.current["in_title"]:
+                self.current["title"] += data
+
+    parser = Parse()
+    parser.feed(text)
+    assert not parser.links  # no scripts, stylesheets or frames from elsewhere
+    assert len(parser.imgs) == len(report.PHASES)  # every phase's figure (no evolution: no best.json here)
+    assert all(src.startswith("data:image/png;base64,") for src in parser.imgs)
+    by_title = {s["title"]: s for s in parser.sections}
+    for title, *_ in report.PHASES:
+        assert by_title[title]["tables"] == 1, title
+    assert text.count("How to read it:") == len(report.PHASES)
+    assert "<nav>" in text and 'href="#phase-0-dataset-audit"' in text

@@ -1,0 +1,52 @@
+"""A newcomer's path: `make demo` (smallest preset, as CI runs it) goes from nothing to predictions and a
+self-contained HTML report; `make run` without a dataset says what to do, without a traceback."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _make(*args: str, timeout: int) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MSA_CACHE_DIR"}
+    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_make_run_without_data_is_one_clear_message(tmp_path):
+    res = _make("run", f"DATA={tmp_path / 'nothing'}", timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "no dataset at DATA=" in out and "train.txt" in out and "make demo" in out and "data/<guid>.jpg" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.skipif(not (REPO / ".venv" / "bin" / "python").is_file(), reason="needs `make setup`'s .venv")
+def test_make_demo_smallest_preset(tmp_path):
+    out = tmp_path / "demo"
+    res = _make("demo", f"DEMO_DIR={out}", "DEMO_PRESET=smallest", timeout=900)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    assert "Traceback" not in log
+    pipeline = out / "pipeline"
+    report = pipeline / "results" / "REPORT.html"
+    assert res.stdout.strip().splitlines()[-1].endswith(str(report))
+    test = pd.read_csv(out / "dataset" / "test_without_label.txt", dtype=str, skipinitialspace=True)
+    pred = pd.read_csv(pipeline / "predict.txt", dtype=str)
+    assert list(pred.columns) == ["guid", "tag"] and len(pred) >= len(test) - 5
+    assert set(pred["tag"]) <= {"positive", "neutral", "negative"}
+    audit = pd.read_csv(pipeline / "dataset" / "data_audit.csv")
+    assert len(audit) >= 5  # the deliberately faulty posts are reported
+    html = report.read_text()
+    srcs = re.findall(r'<img[^>]*src="([^"]*)"', html)
+    assert len(srcs) >= 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert html.count("How to read it:") == 8 and "Not run yet" not in html
+    # nothing of the demo lands in the project's own folders
+    assert not (REPO / "demo").exists() or out == REPO / "demo"
