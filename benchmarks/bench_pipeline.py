@@ -7,7 +7,8 @@ The steps are exactly the commands of `make -n run DATA=...` (so the benchmark n
 --cold adds FORCE=1 (every phase recomputes) and points $MSA_CACHE_DIR at a fresh temporary folder, so the feature,
 embedding and caption caches start empty while your own cache/ is left alone. Either way the phases write their
 usual results folders. Peak memory is the largest summed proportional set size (PSS) of the step's process tree
-(the step and its worker processes), sampled every 0.1 s: the memory the step really occupies, each shared page
+(the step and its worker processes; sampled once a second and at every new high of the RSS, which is sampled
+every 0.1 s): the memory the step really occupies, each shared page
 (torch's libraries, mapped by every worker) counted once. The largest summed resident set size (RSS), which counts
 a shared page once per process, is printed next to it. The last line is
 ``total_s=<seconds> peak_mib=<PSS MiB> peak_rss_mib=<MiB>``.
@@ -65,10 +66,15 @@ def run_step(argv: list[str], env: dict, log) -> tuple[float, float, float, int]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
     peak_pss = peak_rss = 0
+    last_pss = 0.0
     while proc.poll() is None:
         try:
-            pss, rss = tree_memory(root)
-            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            peak_rss = max(peak_rss, rss)
+            # PSS walks the page tables (costly for GiB-sized processes): read it once a second, and whenever
+            # the RSS reaches a new high, so the probe does not slow the step it measures
+            if rss >= peak_rss or time.monotonic() - last_pss >= 1.0:
+                peak_pss, last_pss = max(peak_pss, tree_memory(root)[0]), time.monotonic()
         except psutil.Error:
             pass
         time.sleep(0.1)

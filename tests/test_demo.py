@@ -50,3 +50,12 @@ def test_make_demo_smallest_preset(tmp_path):
     assert html.count("How to read it:") == 8 and "Not run yet" not in html
     # nothing of the demo lands in the project's own folders
     assert not (REPO / "demo").exists() or out == REPO / "demo"
+
+
+def test_one_post_without_a_trained_model_says_how_to_train_one(tmp_path, monkeypatch):
+    from msa.cli import UserError
+    from phase4 import predict_test
+
+    monkeypatch.setattr(predict_test, "REPO", tmp_path)  # a checkout with no results at all
+    with pytest.raises(UserError, match="no trained model found.*make run DATA="):
+        predict_test.main(["--text", "what a day", "--image", str(tmp_path / "x.jpg")])
