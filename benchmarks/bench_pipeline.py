@@ -8,7 +8,7 @@ The steps are exactly the commands of `make -n run DATA=...` (so the benchmark n
 embedding and caption caches start empty while your own cache/ is left alone. Either way the phases write their
 usual results folders. Peak memory is the largest summed proportional set size (PSS) of the step's process tree
 (the step and its worker processes; sampled once a second and at every new high of the RSS, which is sampled
-every 0.1 s): the memory the step really occupies, each shared page
+every 0.2 s): the memory the step really occupies, each shared page
 (torch's libraries, mapped by every worker) counted once. The largest summed resident set size (RSS), which counts
 a shared page once per process, is printed next to it. The last line is
 ``total_s=<seconds> peak_mib=<PSS MiB> peak_rss_mib=<MiB>``.
@@ -77,7 +77,7 @@ def run_step(argv: list[str], env: dict, log) -> tuple[float, float, float, int]
                 peak_pss, last_pss = max(peak_pss, tree_memory(root)[0]), time.monotonic()
         except psutil.Error:
             pass
-        time.sleep(0.1)
+        time.sleep(0.2)
     return time.perf_counter() - t0, peak_pss / 2**20, peak_rss / 2**20, proc.returncode
 
 
