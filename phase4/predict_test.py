@@ -65,32 +65,29 @@ def build_parser() -> cli.ArgumentParser:
 
 def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Path, cache_dir: Path,
                  batch_size: int, progress: bool = True):
-    """Class probabilities (N, 3) of ``guids`` (files under ``data_dir``) by checkpoint ``members``: the mean over
-    members and test-time ``views``, with the decision ``bias`` applied."""
+    """``(probabilities (N, 3), views used)`` of ``guids`` (files under ``data_dir``) by checkpoint ``members``: the
+    mean over members and test-time ``views`` (none without an image modality), with the decision ``bias``."""
+    import numpy as np
     import torch
 
     from msa.ensemble import apply_bias
     from msa.features import extract_features, with_image_view
-    from msa.trainer import FeatureDataset, make_loader, predict_proba
+    from msa.trainer import predict_rows
 
     tb, ib = backbones_for(members[0][1])
     token_mods = sorted({m for _, c in members for m in c.get("token_modalities", [])})
     fs = extract_features(guids, data_dir, tb, ib, cache_dir, tokens=token_mods, batch_size=batch_size,
                           progress=progress)
-    modalities = [m for m in ("text", "image") if m in fs.pooled]
     views = views if ib is not None else []
-    total, n = None, 0
+    probas = []
     for view in [None, *views]:  # test-time augmentation: the mean over the image and its views
         vfs = fs if view is None else with_image_view(fs, extract_features(
             guids, data_dir, None, ib, cache_dir, tokens=[m for m in token_mods if m == "image"],
             batch_size=batch_size, image_view=view, progress=progress))
-        loader = make_loader(FeatureDataset(vfs, range(len(guids)), None, modalities, token_mods), 256, False, 0)
         with torch.no_grad():
-            for model, _ in members:
-                p, index = predict_proba(model, loader)
-                total = p[index.argsort()] if total is None else total + p[index.argsort()]
-                n += 1
-    return apply_bias(total / n, bias)
+            probas += [predict_rows(model, vfs, range(len(guids)), config.get("token_modalities", []))
+                       for model, config in members]
+    return apply_bias(np.mean(probas, axis=0), bias), views
 
 
 def predict_one(args, ckpt: Path) -> int:
@@ -116,7 +113,7 @@ def predict_one(args, ckpt: Path) -> int:
         else:
             (data / "post.txt").write_text(args.text or "", encoding="utf-8")
         proba = member_proba(members, views, bias, ["post"], data, args.cache_dir, args.batch_size,
-                             progress=False)[0]
+                             progress=False)[0][0]
     label = LABELS[int(proba.argmax())]
     probs = {lab: round(float(proba[k]), 4) for k, lab in enumerate(LABELS)}
     if args.json:
@@ -237,9 +234,8 @@ def main(argv=None) -> int:
     test = read_index(test_file, labelled=False)
     for p in test.problems:
         log.warning("%s: %s %s (%s)", test_file, p.reason, p.guid, p.detail)
-    proba = member_proba(members, views, bias, test.guids, Path(args.data_root) / "data", args.cache_dir,
-                         args.batch_size)
-    views = views if members[0][1].get("backbones", {}).get("image") else []
+    proba, views = member_proba(members, views, bias, test.guids, Path(args.data_root) / "data", args.cache_dir,
+                                args.batch_size)
     tags = [LABELS[k] for k in proba.argmax(1)]
     assert len(tags) == len(test.guids)
     out = write_text(args.output, "guid,tag\n" + "".join(f"{g},{t}\n" for g, t in zip(test.guids, tags)))
