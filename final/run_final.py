@@ -63,6 +63,9 @@ VARIANTS = {
     "fusion_concat": ({"feature_fusion": "concat"}, "concat fusion instead of the recipe's"),
     "fusion_cross_attention": ({"feature_fusion": "cross_attention"}, "token-level cross-attention fusion"),
 }
+#: the side-feature row of --ablation: ``side`` adds --ablation-side to a recipe without side features,
+#: ``no_side`` drops a recipe's own side features
+SIDE_VARIANTS = ("side", "no_side")
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -87,7 +90,14 @@ def build_parser() -> cli.ArgumentParser:
                    help="test-time augmentation: every model's probabilities are averaged over the image and this "
                         "view of it (hflip: mirrored left-right); none: the image only")
     r.add_argument("--ablation", action="store_true",
-                   help=f"also train the variants {', '.join(VARIANTS)} for the contribution table")
+                   help=f"also train the variants {', '.join(VARIANTS)} and the side-feature row (side: + "
+                        "--ablation-side for a recipe without side features; no_side: without the recipe's) for "
+                        "the contribution table")
+    r.add_argument("--variants", default=None, metavar="LIST",
+                   help="with --ablation, only these variants (comma-separated, from "
+                        f"{', '.join((*VARIANTS, 'side'))}; default all)")
+    r.add_argument("--ablation-side", default="vader,text_stats,image_stats", metavar="LIST",
+                   help="the side features the 'side' row of --ablation adds (msa.side)")
     add_resume_arg(r)
     o = p.add_argument_group("execution and output")
     o.add_argument("--jobs", type=int, default=2, help="training processes in parallel (one torch thread each)")
@@ -194,6 +204,7 @@ def main(argv=None) -> int:
     import numpy as np
     import pandas as pd
 
+    from msa import side as side_mod
     from msa.data import LABELS
     from msa.ensemble import save_ensemble
     from msa.experiment import Labelled, labelled_features, load_backbones, load_labelled, token_modalities
@@ -217,9 +228,25 @@ def main(argv=None) -> int:
                             f"--folds {args.folds} (python phase0/data_cleaner.py --data-root DATA --folds "
                             f"{args.folds} --force)")
     s = resolve(args)
+    variants = {"final": ({}, "the recipe")}
+    if args.ablation:
+        side_row = ("no_side", ({"side_features": ""}, f"without the recipe's side features ({s['side_features']})")) \
+            if side_mod.parse_spec(s["side_features"]) else \
+            ("side", ({"side_features": args.ablation_side}, f"+ numeric side features ({args.ablation_side})"))
+        pool = {**VARIANTS, side_row[0]: side_row[1]}
+        wanted = [v.strip() for v in (args.variants or ",".join(pool)).split(",") if v.strip()]
+        wanted = [side_row[0] if v in SIDE_VARIANTS else v for v in wanted]
+        unknown = [v for v in wanted if v not in pool]
+        if unknown:
+            raise cli.UserError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(pool)}")
+        variants |= {v: pool[v] for v in dict.fromkeys(wanted)}
+    elif args.variants:
+        raise cli.UserError("--variants needs --ablation")
+    side_specs = {(s | ov).get("side_features") or "" for ov, _ in variants.values()}
     stamp_path = args.results_dir / "inputs.json"
     inputs = stamp.inputs_of(args, files=[work / "phase0_manifest.json", work / "train_cleaned.txt",
-                                          *(split_path(work, n) for n in names), Path(args.preset)],
+                                          *(split_path(work, n) for n in names), Path(args.preset),
+                                          *(f for spec in sorted(side_specs) for f in side_mod.csv_files(spec))],
                              code=[Path(__file__)])
     if stamp.check(stamp_path, inputs, args.force, "final recipe"):
         print(f"final recipe: up to date ({args.results_dir}); --force recomputes")
@@ -242,9 +269,6 @@ def main(argv=None) -> int:
         raise cli.UserError(f"the validation parts of {', '.join(names)} do not partition the cleaned index: "
                             "rerun phase 0 with --force")
 
-    variants = {"final": ({}, "the recipe")}
-    if args.ablation:
-        variants |= VARIANTS
     fusions = {(s | ov).get("feature_fusion", s["feature_fusion"]) for ov, _ in variants.values()}
     tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
     token_mods = sorted({m for f in fusions for m in token_modalities(f)})
@@ -258,13 +282,20 @@ def main(argv=None) -> int:
             tokens=[m for m in token_mods if m == "image"], batch_size=args.feature_batch_size, image_view=view))
     record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
 
+    # numeric side features (msa.side) of every spec a variant uses; imputation and standardisation are fitted
+    # per model on its own inner-training rows (msa.experiment.train_run)
+    sides = {spec: side_mod.compute(spec, guids, Path(args.data_root) / "data", args.cache_dir)
+             for spec in sorted(side_specs)}
+
     results, trained = [], {}
     for name, (override, _) in variants.items():
         vs = {**s, **override}
-        trained[name] = train_variant(name, vs, loss_keywords(vs["loss_type"], args), fs, folds, seeds, args,
-                                      record)
+        sm = sides[vs.get("side_features") or ""]
+        vviews = {v: side_mod.attach(f, sm) for v, f in views.items()}
+        trained[name] = train_variant(name, vs, loss_keywords(vs["loss_type"], args), vviews["image"], folds, seeds,
+                                      args, record)
         rows = free_rows(args, len(views) > 1) if name == "final" else {name: recipe_parts(args)}
-        results += evaluate(name, trained[name], views, folds, labels, args, rows)
+        results += evaluate(name, trained[name], vviews, folds, labels, args, rows)
 
     # tables
     frame = pd.DataFrame([{k: v for k, v in r.items() if k not in ("proba", "guids", "y", "confusion_matrix")}
@@ -287,7 +318,7 @@ def main(argv=None) -> int:
                 "final+tta": f"+ test-time augmentation (mean over the image and its {view} view)",
                 "final-single": f"single model: seed {seeds[0]}, arg-max, the image only (the earlier phases' "
                                 "protocol)"}
-    describe |= {n: f"{d} (with the recipe's ensemble and decision)" for n, (_, d) in VARIANTS.items()}
+    describe |= {n: f"{d} (with the recipe's ensemble and decision)" for n, (_, d) in variants.items() if n != "final"}
     table = []
     for row in dict.fromkeys(frame["row"]):
         g = frame[frame["row"] == row]
@@ -321,7 +352,8 @@ def main(argv=None) -> int:
     short = {"final": "final recipe", "final-rule": "− decision rule", "final+rule": "+ decision rule",
              "final-ensemble": "− seed ensemble", "final-tta": "− TTA", "final+tta": "+ TTA",
              "final-single": "single model", "loss_ce": "CE loss", "loss_weighted_ce": "weighted CE",
-             "fusion_concat": "concat fusion", "fusion_cross_attention": "cross-attention"}
+             "fusion_concat": "concat fusion", "fusion_cross_attention": "cross-attention",
+             "side": "+ side features", "no_side": "− side features"}
     grouped_bars(table[[c for c in table.columns if c.endswith(("_mean", "_std"))]].rename(index=short),
                  [("weighted_f1", "weighted F1"), ("f1_neutral", "neutral F1")],
                  args.figures_dir / "contributions.png", ylim=(0, 1),
@@ -339,7 +371,8 @@ def main(argv=None) -> int:
 def describe_recipe(s: dict, seeds: list[int], args) -> str:
     rule = f"neutral/negative offsets chosen on inner validation ({args.bias_metric})" if args.decision == "bias" \
         else "arg-max"
-    return (f"{s['text_backbone']} + {s['image_backbone']}, {s['feature_fusion']} fusion, {s['loss_type']} loss, "
+    side = f", side features {s['side_features']}" if s.get("side_features") else ""
+    return (f"{s['text_backbone']} + {s['image_backbone']}{side}, {s['feature_fusion']} fusion, {s['loss_type']} loss, "
             f"ensemble of {len(seeds)} seeds, {rule}" + (f", test-time {args.tta} view" if args.tta != "none" else ""))
 
 

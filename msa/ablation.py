@@ -39,7 +39,8 @@ def substitute(fs: FeatureSet, modality: str, how: str, reference_rows: Sequence
         raise ValueError("a mean substitute needs at least one reference (training) row")
     x = fs.pooled[modality]
     n, dim = x.shape
-    vec = torch.zeros(dim) if how == "zeros" else x[torch.as_tensor(rows)].float().mean(dim=0)
+    # nanmean: numeric side features mark a missing value as NaN (msa.side)
+    vec = torch.zeros(dim) if how == "zeros" else x[torch.as_tensor(rows)].float().nanmean(dim=0)
     pooled = {**fs.pooled, modality: vec.to(x.dtype).unsqueeze(0).expand(n, dim)}
     tokens = dict(fs.tokens)
     if modality in fs.tokens:

@@ -66,11 +66,16 @@ def load_backbones(text: str | None, image: str | None, text_pooling: str | None
 
 
 def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache_dir: Path = DEFAULT_CACHE_DIR,
-                      tokens: bool | list[str] = False, batch_size: int = 32) -> FeatureSet:
+                      tokens: bool | list[str] = False, batch_size: int = 32, side: str | list[str] | None = None
+                      ) -> FeatureSet:
+    """Cached backbone features of ``guids``, plus the numeric side features ``side`` (:mod:`msa.side`) as
+    ``pooled["side"]`` when given."""
+    from msa import side as side_mod
+
     fs = extract_features(guids, data_dir, text_bb, image_bb, cache_dir, tokens=tokens, batch_size=batch_size)
     for m, s in fs.stats.items():
         log.info("%s features: %d of %d computed, rest from cache %s", m, s["computed"], s["total"], cache_dir)
-    return fs
+    return side_mod.attach(fs, side_mod.compute(side, guids, data_dir, cache_dir))
 
 
 def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, loss: str, train_cfg, hidden: int,
@@ -86,15 +91,16 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
     ``resume`` continues an interrupted run from its last epoch state (``resume_state.pt``) when it has one."""
     import torch
 
-    from msa.fusions import ModalitySpec, MultimodalClassifier
+    from msa.fusions import SIDE, ModalitySpec, MultimodalClassifier, SideBranch
     from msa.losses import build_loss
     from msa.plots import confusion_matrix, training_curves
     from msa.trainer import FeatureDataset, fit, seed_everything
 
     t0 = time.time()
-    modalities = list(fs.pooled)
+    modalities = [m for m in fs.pooled if m != SIDE]
     token_mods = [m for m in token_modalities(fusion) if m in fs.tokens]
     specs = [ModalitySpec(m, int(fs.pooled[m].shape[1]), m in token_mods) for m in modalities]
+    side_record = fs.backbones.get(SIDE) if SIDE in fs.pooled else None
     seed_everything(train_cfg.seed)
     counts = np.bincount(data.labels[data.train_idx], minlength=len(LABELS)).tolist()
     loss_fn = build_loss(loss, class_counts=counts, **(loss_kw or {}))
@@ -106,14 +112,24 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
         if have != [(s.name, s.dim) for s in specs]:
             raise cli.UserError(f"checkpoint {init_from} expects modalities {have}, the features give "
                                 f"{[(s.name, s.dim) for s in specs]}")
+        have_side = (start["model"].get("side") or {}).get("columns")
+        want_side = side_record["columns"] if side_record else None
+        if have_side != want_side:
+            raise cli.UserError(f"checkpoint {init_from} was trained with side-feature columns {have_side}, the "
+                                f"features give {want_side}: use the checkpoint's --side-features")
         fusion = start["model"]["fusion"]
         state = load_loss_state(init_from)
         if state:
             loss_fn.load_state_dict(state, strict=False)
     else:
-        model = MultimodalClassifier(specs, fusion, num_outputs=len(LABELS), hidden=hidden, dropout=dropout)
-    train_ds = FeatureDataset(fs, data.train_idx, data.labels[data.train_idx], modalities, token_mods)
-    val_ds = FeatureDataset(fs, data.val_idx, data.labels[data.val_idx], modalities, token_mods)
+        # imputation and standardisation of the side features: fitted on the training rows only
+        side_stats = (SideBranch.fit(fs.pooled[SIDE][data.train_idx], side_record["columns"])
+                      if side_record else None)
+        model = MultimodalClassifier(specs, fusion, num_outputs=len(LABELS), hidden=hidden, dropout=dropout,
+                                     side=side_stats)
+    inputs = model.input_names
+    train_ds = FeatureDataset(fs, data.train_idx, data.labels[data.train_idx], inputs, token_mods)
+    val_ds = FeatureDataset(fs, data.val_idx, data.labels[data.val_idx], inputs, token_mods)
     config = {
         "arguments": args_record, "train": train_cfg.as_dict(), "fusion": fusion, "loss": loss,
         "loss_kw": loss_kw or {}, "labels": list(LABELS), "label2id": LABEL2ID,
@@ -122,9 +138,11 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
         "backbones": fs.backbones, "text_normalisation": TEXT_NORMALISATION, "seed": train_cfg.seed,
         "train_class_counts": counts, "torch": torch.__version__,
         "init_from": str(init_from) if init_from is not None else None,
+        "side_features": side_record,
     }
     ckpt_config = {"model": model.config(), "labels": list(LABELS), "backbones": fs.backbones,
                    "text_normalisation": TEXT_NORMALISATION, "token_modalities": token_mods,
+                   "side_features": side_record,
                    "loss": {"name": loss, "kw": loss_kw or {}, "class_counts": counts}}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config)

@@ -58,6 +58,8 @@ __all__ = [
     "Fusion",
     "ModalitySpec",
     "MultimodalClassifier",
+    "SIDE",
+    "SideBranch",
 ]
 
 
@@ -383,6 +385,79 @@ FUSIONS: dict[str, type[Fusion]] = {
 FUSION_NAMES = tuple(FUSIONS)
 
 
+# ------------------------------------------------------------------------------------- numeric side branch
+#: The feature-dict key of numeric side features (:mod:`msa.side`); never a fused modality.
+SIDE = "side"
+
+
+class SideBranch(nn.Module):
+    """A few numeric variables per sample -> ``(B, hidden)`` (seed 003's numeric branch).
+
+    Input: raw values ``(B, C)`` in ``columns`` order, ``NaN`` = missing. A missing value is replaced by ``fill``
+    (the training-split mean) and, for the columns in ``indicators`` (those that had a missing value in the
+    training split, as scikit-learn's ``SimpleImputer(add_indicator=True)``), flagged by a 0/1 indicator column;
+    values are standardised with the training-split ``mean`` / ``std`` and clipped to +-``clip``; an MLP
+    (``Linear + LayerNorm + GELU + Dropout``) projects them to the fusion width. The statistics are constructor
+    arguments, so they travel in the checkpoint's ``config.json`` (:meth:`config`); :meth:`fit` computes them.
+    """
+
+    def __init__(self, columns: list[str], fill: list[float], mean: list[float], std: list[float],
+                 indicators: list[int] | None = None, hidden: int = 256, dropout: float = 0.1, clip: float = 10.0):
+        super().__init__()
+        self.columns = [str(c) for c in columns]
+        c = len(self.columns)
+        if c < 1:
+            raise ConfigError("a side branch needs at least one numeric column")
+        if not (len(fill) == len(mean) == len(std) == c):
+            raise ConfigError(f"side statistics must have one value per column ({c}), got fill {len(fill)}, "
+                              f"mean {len(mean)}, std {len(std)}")
+        self.indicators = sorted({int(i) for i in (indicators or [])})
+        if any(not 0 <= i < c for i in self.indicators):
+            raise ConfigError(f"side indicator columns {self.indicators} out of range for {c} columns")
+        self.clip = float(clip)
+        self.register_buffer("fill", torch.tensor(fill, dtype=torch.float32), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).clamp_min(1e-6), persistent=False)
+        self.register_buffer("ind", torch.tensor(self.indicators, dtype=torch.long), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(c + len(self.indicators), hidden), nn.LayerNorm(hidden), nn.GELU(),
+                                 nn.Dropout(dropout))
+
+    @staticmethod
+    def fit(x, columns: list[str]) -> dict:
+        """Statistics of training rows ``x`` ``(N, C)`` (``NaN`` = missing): the keyword arguments of the branch
+        apart from ``hidden`` / ``dropout``. A column with no value at all gets fill 0, mean 0, std 1; a
+        constant column std 1."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        if x.dim() != 2 or x.shape[1] != len(columns):
+            raise ConfigError(f"side features must be (N, {len(columns)}), got {tuple(x.shape)}")
+        miss = torch.isnan(x)
+        n_obs = (~miss).sum(0)
+        fill = torch.where(n_obs > 0, torch.nan_to_num(x, nan=0.0).sum(0) / n_obs.clamp_min(1), torch.zeros(()))
+        filled = torch.where(miss, fill.expand_as(x), x)
+        mean = filled.mean(0) if len(x) else torch.zeros(x.shape[1], dtype=x.dtype)
+        std = filled.std(0, unbiased=False) if len(x) > 1 else torch.ones(x.shape[1], dtype=x.dtype)
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))
+        return {"columns": list(columns), "fill": fill.tolist(), "mean": mean.tolist(), "std": std.tolist(),
+                "indicators": [int(i) for i in torch.nonzero(miss.any(0)).flatten().tolist()]}
+
+    def config(self) -> dict:
+        return {"columns": self.columns, "fill": self.fill.tolist(), "mean": self.mean.tolist(),
+                "std": self.std.tolist(), "indicators": self.indicators, "clip": self.clip}
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """The MLP's input: standardised, imputed values and the missing-value indicators ``(B, C + I)``."""
+        if x.dim() != 2 or x.shape[-1] != len(self.columns):
+            raise ConfigError(f"side features must be (B, {len(self.columns)}) for columns {self.columns}, "
+                              f"got {tuple(x.shape)}")
+        x = x.to(self.fill.dtype)
+        miss = torch.isnan(x)
+        z = ((torch.where(miss, self.fill.expand_as(x), x) - self.mean) / self.std).clamp(-self.clip, self.clip)
+        return torch.cat([z, miss[:, self.ind].to(z.dtype)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(self.inputs(x))
+
+
 # --------------------------------------------------------------------------------------------- the model
 
 
@@ -393,10 +468,14 @@ class MultimodalClassifier(nn.Module):
     name; ``num_outputs``: 3 logits for the MVSA classes, 1 for regression; ``fusion_kw``: that fusion's
     keywords (``heads``, ``query``, ...). ``MultimodalClassifier(**model.config())`` rebuilds the same
     architecture, so a checkpoint is ``config()`` as JSON + the state dict.
+
+    ``side`` (optional): the statistics of a :class:`SideBranch` (:meth:`SideBranch.fit`); its output is joined
+    after the fusion (``[fused; side]`` goes to the head), so it works with every fusion, and ``feats["side"]``
+    (raw values, ``NaN`` = missing) is then required.
     """
 
     def __init__(self, specs: list[ModalitySpec | dict], fusion: str, num_outputs: int = 3, hidden: int = 256,
-                 dropout: float = 0.1, **fusion_kw: Any):
+                 dropout: float = 0.1, side: dict | None = None, **fusion_kw: Any):
         super().__init__()
         if fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
@@ -417,7 +496,11 @@ class MultimodalClassifier(nn.Module):
                                   nn.Dropout(self.dropout_p))
             for s in self.specs
         })
-        self.head = nn.Sequential(nn.Linear(self.fusion.out_dim, self.hidden), nn.GELU(),
+        if SIDE in self.names and side is not None:
+            raise ConfigError(f"a fused modality is named {SIDE!r}, the key of the numeric side branch: rename one")
+        self.side = None if side is None else SideBranch(**side, hidden=self.hidden, dropout=self.dropout_p)
+        out_dim = self.fusion.out_dim + (self.hidden if self.side is not None else 0)
+        self.head = nn.Sequential(nn.Linear(out_dim, self.hidden), nn.GELU(),
                                   nn.Dropout(self.dropout_p), nn.Linear(self.hidden, self.num_outputs))
 
     @property
@@ -431,9 +514,16 @@ class MultimodalClassifier(nn.Module):
 
     def config(self) -> dict:
         """JSON-serialisable constructor arguments: ``MultimodalClassifier(**cfg)`` rebuilds this model."""
-        return {"specs": [asdict(s) for s in self.specs], "fusion": self.fusion_name,
-                "num_outputs": self.num_outputs, "hidden": self.hidden, "dropout": self.dropout_p,
-                **self.fusion_kw}
+        cfg = {"specs": [asdict(s) for s in self.specs], "fusion": self.fusion_name,
+               "num_outputs": self.num_outputs, "hidden": self.hidden, "dropout": self.dropout_p, **self.fusion_kw}
+        if self.side is not None:
+            cfg["side"] = self.side.config()
+        return cfg
+
+    @property
+    def input_names(self) -> list[str]:
+        """Every key of ``feats`` the model reads: the fused modalities, then ``side`` when it has the branch."""
+        return self.names + ([SIDE] if self.side is not None else [])
 
     @staticmethod
     def _factor(value: float | Tensor, like: Tensor) -> Tensor | float:
@@ -452,9 +542,9 @@ class MultimodalClassifier(nn.Module):
         if missing:
             raise ConfigError(f"missing features for modalities {missing}; got {sorted(feats)}")
         modality_mask = modality_mask or {}
-        unknown = sorted(set(modality_mask) - set(self.names))
+        unknown = sorted(set(modality_mask) - set(self.input_names))
         if unknown:
-            raise ConfigError(f"modality_mask names unknown modalities {unknown}; the model has {self.names}")
+            raise ConfigError(f"modality_mask names unknown modalities {unknown}; the model has {self.input_names}")
         tokens, masks = tokens or {}, masks or {}
         p_feats, p_tokens, p_masks = {}, {}, {}
         for spec in self.specs:
@@ -486,8 +576,18 @@ class MultimodalClassifier(nn.Module):
         return p_feats, p_tokens, p_masks
 
     def fuse(self, feats, tokens=None, masks=None, modality_mask=None) -> Tensor:
-        """The fused representation ``(B, fusion.out_dim)`` before the head (for probes and plots)."""
-        return self.fusion(*self.project(feats, tokens, masks, modality_mask))
+        """The representation before the head (for probes and plots): the fusion's ``(B, fusion.out_dim)``, joined
+        with the side branch's ``(B, hidden)`` when the model has one."""
+        fused = self.fusion(*self.project(feats, tokens, masks, modality_mask))
+        if self.side is None:
+            return fused
+        if SIDE not in feats:
+            raise ConfigError(f"the model has a numeric side branch ({self.side.columns}) but feats has no "
+                              f"{SIDE!r} entry; got {sorted(feats)}")
+        s = self.side(feats[SIDE])
+        if modality_mask and SIDE in modality_mask:
+            s = s * self._factor(modality_mask[SIDE], s)
+        return torch.cat([fused, s], dim=1)
 
     def forward(self, feats: dict[str, Tensor], tokens: dict[str, Tensor] | None = None,
                 masks: dict[str, Tensor] | None = None,

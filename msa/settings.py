@@ -14,11 +14,11 @@ DEFAULTS = {
     "text_backbone": "minilm", "text_pooling": None, "image_backbone": "efficientnet_lite0",
     "feature_fusion": "concat", "loss_type": "ce", "learning_rate": 1e-4, "weight_decay": 0.01, "dropout": 0.3,
     "num_epochs": 30, "batch_size": 64, "hidden": 256, "warmup_ratio": 0.1, "scheduler": "cosine", "patience": 6,
-    "sampler": "none",
+    "sampler": "none", "side_features": "",
 }
 #: keys that describe the model and its training (what best_config.json carries between phases)
 HYPERPARAMETERS = ("feature_fusion", "learning_rate", "weight_decay", "dropout", "num_epochs", "batch_size",
-                   "hidden", "warmup_ratio", "scheduler", "patience")
+                   "hidden", "warmup_ratio", "scheduler", "patience", "side_features")
 _ALIASES = {"fusion": "feature_fusion", "loss": "loss_type"}
 
 
@@ -42,6 +42,11 @@ def add_model_args(p, fusion: bool = True, loss: bool = True) -> None:
                        help=f"fusion of the modality features (default {DEFAULTS['feature_fusion']})")
     if loss:
         m.add_argument("--loss-type", default=None, choices=sorted(LOSSES), help="training loss (default ce)")
+    from msa.side import HELP as SIDE_HELP
+
+    m.add_argument("--side-features", default=None, metavar="LIST",
+                   help=SIDE_HELP + " (imputed, flagged and standardised with training-split statistics saved in the "
+                        "checkpoint; default: none, or what phase 2's best_config.json chose)")
     m.add_argument("--hidden", type=int, default=None,
                    help=f"projection width per modality (default {DEFAULTS['hidden']})")
     m.add_argument("--dropout", type=float, default=None,

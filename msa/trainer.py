@@ -238,7 +238,7 @@ def predict_rows(model, fs: FeatureSet, rows: Sequence[int], token_modalities: S
     """Softmax probabilities ``(len(rows), C)`` of ``model`` for rows ``rows`` of ``fs``, in that order."""
     rows = [int(r) for r in rows]
     toks = [m for m in token_modalities if m in fs.tokens]
-    ds = FeatureDataset(fs, rows, None, list(model.names), toks)
+    ds = FeatureDataset(fs, rows, None, list(getattr(model, "input_names", model.names)), toks)
     proba, index = predict_proba(model, make_loader(ds, batch_size, False, 0))
     pos = {int(j): k for k, j in enumerate(index)}
     return proba[[pos[r] for r in rows]]

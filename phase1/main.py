@@ -56,13 +56,15 @@ def main(argv=None) -> int:
     from msa.metrics import summarise_runs
     from msa.plots import confusion_matrix, training_curves
     from msa.settings import parse_seeds, resolve, train_config
+    from msa.side import csv_files as side_csv_files
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     s = resolve(args)
     stamp_path = args.results_dir / f"inputs_{args.name}.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
-                             + ([Path(args.preset)] if args.preset else []), code=[Path(__file__)])
+                             + ([Path(args.preset)] if args.preset else []) + side_csv_files(s["side_features"]),
+                             code=[Path(__file__)])
     if stamp.check(stamp_path, inputs, args.force, "phase 1"):
         print(f"phase 1: up to date ({args.results_dir}); --force recomputes")
         return 0
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir,
                            token_modalities(s["feature_fusion"]),
-                           args.feature_batch_size)
+                           args.feature_batch_size, side=s["side_features"])
     record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
     runs = []
     for seed in seeds:
@@ -115,9 +117,10 @@ def logistic_probe(fs, data) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from msa.data import LABELS
+    from msa.fusions import SIDE
     from msa.metrics import classification_metrics
 
-    x = np.concatenate([fs.pooled[m].numpy() for m in fs.pooled], axis=1)
+    x = np.concatenate([fs.pooled[m].numpy() for m in fs.pooled if m != SIDE], axis=1)
     clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], cv=5,
                                                                scoring="f1_weighted", max_iter=3000))
     with warnings.catch_warnings():

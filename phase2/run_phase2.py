@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     from msa.io import write_csv, write_json, write_text
     from msa.plots import grouped_bars
     from msa.settings import HYPERPARAMETERS, parse_seeds, resolve
+    from msa.side import csv_files as side_csv_files
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
     s = resolve(args)
     stamp_path = args.results_dir / "inputs_fusions.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
-                             + ([Path(args.preset)] if args.preset else []), code=[Path(__file__)])
+                             + ([Path(args.preset)] if args.preset else []) + side_csv_files(s["side_features"]),
+                             code=[Path(__file__)])
     if stamp.check(stamp_path, inputs, args.force, "phase 2 fusion search"):
         print(f"phase 2 fusion search: up to date ({args.results_dir}); --force recomputes")
         return 0
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
     tokens = sorted({m for f in fusions for m in token_modalities(f)})
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
-                           args.feature_batch_size)
+                           args.feature_batch_size, side=s["side_features"])
     record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
     # the slowest fusions first, so that parallel workers finish together
     order = sorted(fusions, key=lambda f: (f not in ("cross_attention", "encoder"), fusions.index(f)))

@@ -124,7 +124,8 @@ def worker(args, base: dict, storage_url: str, n_trials: int, worker_id: int = 0
 
     fusions = list(FUSIONS) if args.search_fusion else [base["feature_fusion"]]
     tokens = sorted({m for f in fusions for m in token_modalities(f)})
-    fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens)
+    fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
+                           side=base["side_features"])
     study = optuna.load_study(study_name=args.study_name, storage=storage_url,
                               sampler=optuna.samplers.TPESampler(seed=args.sampler_seed + worker_id))
     runs_dir = args.results_dir / "search_runs"

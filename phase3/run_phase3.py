@@ -294,7 +294,7 @@ def main(argv=None) -> int:
 
     tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir,
-                           token_modalities(s["feature_fusion"]), args.feature_batch_size)
+                           token_modalities(s["feature_fusion"]), args.feature_batch_size, side=s["side_features"])
     record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     record |= {"resolved": s, "started_from": start}
     methods = [(loss, sampler) for loss in losses for sampler in samplers]

@@ -67,9 +67,12 @@ def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Pa
                  batch_size: int, progress: bool = True):
     """``(probabilities (N, 3), views used)`` of ``guids`` (files under ``data_dir``) by checkpoint ``members``: the
     mean over members and test-time ``views`` (none without an image modality), with the decision ``bias``."""
+    import json
+
     import numpy as np
     import torch
 
+    from msa import side
     from msa.ensemble import apply_bias
     from msa.features import extract_features, with_image_view
     from msa.trainer import predict_rows
@@ -79,13 +82,18 @@ def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Pa
     fs = extract_features(guids, data_dir, tb, ib, cache_dir, tokens=token_mods, batch_size=batch_size,
                           progress=progress)
     views = views if ib is not None else []
+    # each member's numeric side features as it was trained (csv rows of posts not predicted here are ignored)
+    sides = {json.dumps(c.get("side_features"), sort_keys=True): c for _, c in members}
+    sides = {k: side.for_checkpoint(c, guids, data_dir, cache_dir, progress, strict=False) for k, c in sides.items()}
     probas = []
     for view in [None, *views]:  # test-time augmentation: the mean over the image and its views
         vfs = fs if view is None else with_image_view(fs, extract_features(
             guids, data_dir, None, ib, cache_dir, tokens=[m for m in token_mods if m == "image"],
             batch_size=batch_size, image_view=view, progress=progress))
         with torch.no_grad():
-            probas += [predict_rows(model, vfs, range(len(guids)), config.get("token_modalities", []))
+            probas += [predict_rows(model, side.attach(vfs, sides[json.dumps(config.get("side_features"),
+                                                                             sort_keys=True)]),
+                                    range(len(guids)), config.get("token_modalities", []))
                        for model, config in members]
     return apply_bias(np.mean(probas, axis=0), bias), views
 
@@ -211,7 +219,9 @@ def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts:
                       "source_run": source, "model_sha256": file_sha256(Path(ckpt) / (ENSEMBLE_FILE if ensemble
                                                                  else "model.safetensors")),
                       "members": n_members, "decision_bias": bias, "test_time_views": list(tta),
-                      "backbones": {m: b.get("name") for m, b in (config.get("backbones") or {}).items()},
+                      "backbones": {m: b.get("name") for m, b in (config.get("backbones") or {}).items()
+                                    if "name" in b},
+                      "side_features": (config.get("side_features") or {}).get("features", []),
                       "validation": metrics})
 
 

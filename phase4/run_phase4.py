@@ -89,6 +89,9 @@ def build_parser() -> cli.ArgumentParser:
                    "validation weighted F1 (0 = never)")
     t.add_argument("--warmup-ratio", type=float, default=0.0, help="share of fine-tuning steps with warm-up")
     t.add_argument("--seeds", default=None, help="comma-separated seeds (default: phase 3's)")
+    t.add_argument("--side-features", default=None, metavar="LIST",
+                   help="numeric side features (msa.side): fine-tuning keeps those phase 3's checkpoint was trained "
+                        "with (recorded in it, computed here the same way); given, the flag must name the same ones")
     t.add_argument("--select-metric", default="weighted_f1", choices=SELECT_METRICS,
                    help="validation metric that picks the best mode (mean over seeds) and its best seed")
     t.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="Accelerate mixed precision")
@@ -205,6 +208,7 @@ def main(argv=None) -> int:
     import numpy as np
     import pandas as pd
 
+    from msa import side as side_mod
     from msa.augment import MODES, augment_features, index_frame, mine_hard, train_rows
     from msa.captioning import items_from_data_dir
     from msa.checkpoint import copy_run_dir, load_checkpoint
@@ -249,7 +253,9 @@ def main(argv=None) -> int:
     _, ckpt_cfg = load_checkpoint(starts[seeds[0]])
     tb, ib = backbones_for(ckpt_cfg)
     token_mods = list(ckpt_cfg.get("token_modalities", []))
+    side_mod.check_flag(args.side_features, ckpt_cfg, f"phase 3's checkpoint {starts[seeds[0]]}")
     fs = labelled_features(data_dir, data.guids, tb, ib, args.cache_dir, token_mods, args.feature_batch_size)
+    fs = side_mod.attach(fs, side_mod.for_checkpoint(ckpt_cfg, data.guids, data_dir, args.cache_dir))
     train_rows_base = list(data.train_idx)
     val_guids = sorted(data.guids[i] for i in data.val_idx)
 

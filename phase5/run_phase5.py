@@ -24,6 +24,9 @@ Run from the repository root after phase 0 and a training phase (phase 4, else 3
     the recipe of the run the fine-tuning started from, which trained the weights from scratch (--recipe-run
     picks another run folder). A fusion that needs two modalities (cross_attention) is replaced by concat for
     the one-modality models, and the table says so. --skip-retrain leaves (b) out.
+A model with numeric side features (--side-features, msa.side) has them ablated as a third modality: masked by
+    zeros and by their training-split mean in (a), and in (b) a text + image + side model (the recipe) next to the
+    text + image model retrained without them.
 
 Reads  the checkpoint (default: phase4/results/best/checkpoint, else phase3's, else phase1's, else the newest
        phase*/results/*/checkpoint), its run folder's config.json (and that of the run it was fine-tuned
@@ -56,6 +59,9 @@ METRICS = (("accuracy", "accuracy"), ("weighted_precision", "weighted precision"
            ("f1_neutral", "neutral F1"))
 CONDITIONS = ((None, None), ("text", "zeros"), ("text", "train_mean"), ("image", "zeros"), ("image", "train_mean"))
 RETRAINED = (("multimodal", ("text", "image")), ("text", ("text",)), ("image", ("image",)))
+#: a model with a numeric side branch (msa.side): the side inputs are masked too, and retrained without them
+SIDE_CONDITIONS = (("side", "zeros"), ("side", "train_mean"))
+SIDE_RETRAINED = (("multimodal_side", ("text", "image", "side")),)
 DEFAULT_SEEDS = "42,43,44"
 
 
@@ -99,7 +105,7 @@ def condition_name(modality: str | None, how: str | None) -> str:
 
 def retrained_name(kind: str) -> str:
     return {"multimodal": "retrained text + image", "text": "retrained text only",
-            "image": "retrained image only"}[kind]
+            "image": "retrained image only", "multimodal_side": "retrained text + image + side"}[kind]
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -220,6 +226,7 @@ def bar_figure(table, metrics, path: Path, title: str = "") -> Path:
 def main(argv=None) -> int:
     import pandas as pd
 
+    from msa import side as side_mod
     from msa.ablation import (
         SUBSTITUTES,
         only,
@@ -295,6 +302,15 @@ def main(argv=None) -> int:
     tb, ib = backbones_for(primary_cfg)
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
                            args.feature_batch_size)
+    side_rec = primary_cfg.get("side_features")
+    for c, cfg in zip(ckpts, configs):
+        if cfg.get("side_features") != side_rec:
+            raise cli.UserError(f"seed checkpoint {c} was trained with other side features than {checkpoint}")
+    fs = side_mod.attach(fs, side_mod.for_checkpoint(primary_cfg, data.guids, Path(args.data_root) / "data",
+                                                     args.cache_dir))
+    all_mods = (*MODALITIES, "side") if side_rec else MODALITIES
+    conditions = CONDITIONS + (SIDE_CONDITIONS if side_rec else ())
+    retrain = (SIDE_RETRAINED + RETRAINED) if side_rec else RETRAINED
     val = data.val_idx
     y_val = data.labels[val]
     val_guids = [data.guids[i] for i in val]
@@ -308,7 +324,7 @@ def main(argv=None) -> int:
         metrics_file = ck.parent / "metrics.json"
         if metrics_file.is_file():
             recorded = json.loads(metrics_file.read_text(encoding="utf-8")).get("weighted_f1")
-        for modality, how in CONDITIONS:
+        for modality, how in conditions:
             feats = fs if modality is None else substitute(fs, modality, how, data.train_idx)
             proba = predict_rows(model, feats, val, ck_tokens)
             pred = proba.argmax(1)
@@ -336,11 +352,11 @@ def main(argv=None) -> int:
     n_note = (f"{len(ckpts)} seed checkpoints from {seed_source}" if seed_source is not None and len(ckpts) > 1
               else "single checkpoint: n = 1, std 0")
     rows = []
-    for modality, how in CONDITIONS:
+    for modality, how in conditions:
         name = condition_name(modality, how)
         runs = masking[masking["condition"] == name].to_dict(orient="records")
-        inputs = "text + image" if modality is None else \
-            f"{'image' if modality == 'text' else 'text'} + {SUBSTITUTES[how]} {modality}"
+        inputs = " + ".join(all_mods) if modality is None else \
+            " + ".join([m for m in all_mods if m != modality] + [f"{SUBSTITUTES[how]} {modality}"])
         rows.append(summary_row("masking", name, inputs, model_fusion, runs, n_note))
 
     # (b) retrained from scratch with the model's recipe
@@ -359,9 +375,10 @@ def main(argv=None) -> int:
         base_record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         base_record["seeds"] = ",".join(map(str, seeds))
         results = []
-        for kind, mods in RETRAINED:
-            fusion = s["feature_fusion"] if len(mods) > 1 else uni
-            settings = {**s, "feature_fusion": fusion}
+        for kind, mods in retrain:
+            fusion = s["feature_fusion"] if len([m for m in mods if m != "side"]) > 1 else uni
+            settings = {**s, "feature_fusion": fusion, "side_features": s.get("side_features", "") if "side" in mods
+                        else ""}
             record = {**base_record, "resolved": settings,
                       "ablation": {"model": retrained_name(kind), "modalities": list(mods),
                                    "recipe_from": str(rc_path), "checkpoint": str(checkpoint)}}
@@ -435,17 +452,20 @@ def main(argv=None) -> int:
     plot = table.set_index("model")
     styles = {"full model": {"color": "black", "lw": 2.2},
               "retrained text + image": {"color": "black", "lw": 2.2}}
-    colors = {"text": "#1f77b4", "image": "#d62728"}
-    for modality, how in CONDITIONS[1:]:
+    colors = {"text": "#1f77b4", "image": "#d62728", "side": "#2ca02c"}
+    if side_rec:
+        styles["retrained text + image + side"] = {"color": "black", "lw": 2.2}
+        styles["retrained text + image"] = {"color": "#7f7f7f", "lw": 1.8}
+    for modality, how in conditions[1:]:
         styles[condition_name(modality, how)] = {"color": colors[modality],
                                                  "ls": "--" if how == "zeros" else "-",
                                                  "marker": "x" if how == "zeros" else "o"}
     for kind, mods in RETRAINED[1:]:
         styles[retrained_name(kind)] = {"color": colors[mods[0]]}
     panels = {"(a) masking: the trained model, one modality replaced":
-              [condition_name(m, h) for m, h in CONDITIONS]}
+              [condition_name(m, h) for m, h in conditions]}
     if rec is not None:
-        panels["(b) retrained from scratch with the same recipe"] = [retrained_name(k) for k, _ in RETRAINED]
+        panels["(b) retrained from scratch with the same recipe"] = [retrained_name(k) for k, _ in retrain]
     n_txt = f"{len(ckpts)} checkpoint(s)" + (f", retrained: {len(seeds)} seed(s)" if rec else "")
     drawn = [m for m in METRICS if m[0] != "weighted_recall"]  # weighted recall is the accuracy, always
     radar_chart(plot, drawn, args.figures_dir / "ablation_radar.png", panels=panels, styles=styles,

@@ -41,7 +41,10 @@ def run(synthetic_root, tmp_path_factory):
 def test_table_rows_and_figures(run):
     table = pd.read_csv(run["res"] / "summary.csv")
     # defaults: arg-max, no test-time view; the rule and the view are shown as additions
-    assert table["row"].tolist() == ["final", "final-ensemble", "final+rule", "final+tta", *final.VARIANTS]
+    side_row = "no_side" if json.loads(final.DEFAULT_PRESET.read_text()).get("side_features") else "side"
+    assert table["row"].tolist() == ["final", "final-ensemble", "final+rule", "final+tta", *final.VARIANTS, side_row]
+    side_cfg = json.loads((run["res"] / "runs" / side_row / "fold0-s1" / "checkpoint" / "config.json").read_text())
+    assert bool(side_cfg["side_features"]) == (side_row == "side")  # the side row toggles the recipe's branch
     assert (table["folds"] == FOLDS).all()
     assert table.set_index("row").loc["final", "members"] == len(SEEDS)
     assert table.set_index("row").loc["final-ensemble", "members"] == 1
@@ -52,6 +55,14 @@ def test_table_rows_and_figures(run):
     assert "3-fold cross-validation" in md and "Δ weighted F1" in md
     for name in ("contributions.png", "confusion.png"):
         assert (run["tmp"] / "figures" / name).stat().st_size > 1000
+
+
+def test_variant_selection_errors(run):
+    with pytest.raises(UserError, match="--variants: unknown bogus"):
+        final.main(run["argv"] + ["--variants", "bogus"])
+    plain = [a for a in run["argv"] if a != "--ablation"]
+    with pytest.raises(UserError, match="--variants needs --ablation"):
+        final.main(plain + ["--variants", "side"])
 
 
 def test_free_rows_toggle_each_part_of_the_recipe():
