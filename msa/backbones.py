@@ -110,6 +110,44 @@ class BackboneInfo:
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
+#: ``minilm+mpnet``: several backbones of one modality, their pooled features concatenated
+GROUP_SEP = "+"
+
+
+def _group_names(name: str, kind: str) -> list[str]:
+    names = [n.strip() for n in name.split(GROUP_SEP)]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise BackboneError(f"{kind} backbone {name!r}: a group is two or more different names joined by "
+                            f"'{GROUP_SEP}', e.g. minilm{GROUP_SEP}mpnet")
+    return names
+
+
+class BackboneGroup:
+    """Several frozen backbones of one modality used as one (``minilm+mpnet``): the feature cache computes and
+    stores each member's pooled vectors on their own (a member already cached costs nothing) and the model sees
+    their concatenation. Token sequences are not defined for a group (the members tokenise differently).
+
+    ``info`` is a :class:`BackboneInfo` whose ``preprocessing["members"]`` lists every member's record, so a
+    checkpoint names (and ``predict_test`` checks) each member's weights."""
+
+    def __init__(self, members: Sequence):
+        kinds = {m.info.kind for m in members}
+        if len(members) < 2 or len(kinds) != 1:
+            raise BackboneError(f"a backbone group needs two or more backbones of one kind, got {sorted(kinds)}")
+        self.members = list(members)
+        infos = [m.info for m in self.members]
+        self.info = BackboneInfo(
+            kind=infos[0].kind, name=GROUP_SEP.join(i.name for i in infos), source="; ".join(i.source for i in infos),
+            weights_sha256=hashlib.sha256("".join(f"{i.key()}\t{i.weights_sha256}\n" for i in infos).encode()
+                                          ).hexdigest(),
+            dim=sum(i.dim for i in infos), preprocessing={"members": [i.as_dict() for i in infos]},
+            architecture="group", registry=True)
+
+    def __getattr__(self, name):  # what a caller asks of one backbone (e.g. classify) comes from the first member
+        if name == "members":
+            raise AttributeError(name)
+        return getattr(self.members[0], name)
+
 
 def weights_sha256(files: Sequence[str | Path]) -> str:
     """sha256 of one weights file, or sha256 over ``name<TAB>sha256`` lines of several (in the given order).
@@ -262,6 +300,8 @@ def text_backbone(name_or_path: str, pooling: str | None = None, *,
     if max_length < 2:
         raise BackboneError(f"max_length must be at least 2, got {max_length}")
     name = str(name_or_path)
+    if GROUP_SEP in name:
+        return BackboneGroup([text_backbone(n, pooling, max_length=max_length) for n in _group_names(name, "text")])
     if name in TEXT_BACKBONES:
         return TEXT_BACKBONES[name](pooling=pooling, max_length=max_length)
     folder = _resolve_folder(name, "text", TEXT_BACKBONES)
@@ -553,8 +593,11 @@ IMAGE_BACKBONES: dict[str, Callable[..., ImageBackbone]] = {"efficientnet_lite0"
 
 
 def image_backbone(name_or_path: str) -> ImageBackbone:
-    """A frozen image encoder by registry name (:data:`IMAGE_BACKBONES`) or local Hugging Face folder."""
+    """A frozen image encoder by registry name (:data:`IMAGE_BACKBONES`) or local Hugging Face folder;
+    ``a+b`` is a :class:`BackboneGroup` of both."""
     name = str(name_or_path)
+    if GROUP_SEP in name:
+        return BackboneGroup([image_backbone(n) for n in _group_names(name, "image")])
     if name in IMAGE_BACKBONES:
         return IMAGE_BACKBONES[name]()
     return _load_hf_image(_resolve_folder(name, "image", IMAGE_BACKBONES))

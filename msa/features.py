@@ -270,8 +270,27 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
     ``accelerate`` runs CNN image backbones in onnxruntime on the CPU (:mod:`msa.onnx_accel`)."""
     data_dir = Path(data_dir)
     guids = list(guids)
-    fs = FeatureSet(guids=guids)
     want = {"text", "image"} if tokens is True else set(tokens or ())
+    groups = {m: bb for m, bb in (("text", text_backbone), ("image", image_backbone)) if hasattr(bb, "members")}
+    if groups:  # backbone groups: each member on its own (and cached on its own), pooled vectors concatenated
+        bad = sorted(set(groups) & want)
+        if bad:
+            raise UserError(f"a fusion over token sequences needs one {bad[0]} backbone, not the group "
+                            f"{groups[bad[0]].info.name}; use a pooled fusion (not cross_attention)")
+        single = {m: bb for m, bb in (("text", text_backbone), ("image", image_backbone)) if m not in groups}
+        fs = extract_features(guids, data_dir, single.get("text"), single.get("image"), cache_dir, tokens, batch_size,
+                              progress, accelerate, image_view)
+        for m, group in groups.items():
+            parts = [extract_features(guids, data_dir, *((bb, None) if m == "text" else (None, bb)), cache_dir,
+                                      False, batch_size, progress, accelerate, image_view) for bb in group.members]
+            fs.pooled[m] = torch.cat([p.pooled[m] for p in parts], dim=1)
+            fs.backbones[m] = _info_dict(group.info)
+            fs.stats[m] = {"computed": sum(p.stats[m]["computed"] for p in parts),
+                           "corrupt": sum(p.stats[m]["corrupt"] for p in parts), "total": len(guids)}
+        order = [m for m in ("text", "image") if m in fs.pooled]
+        return FeatureSet(guids=guids, pooled={m: fs.pooled[m] for m in order}, tokens=fs.tokens,
+                          backbones={m: fs.backbones[m] for m in order}, stats=fs.stats)
+    fs = FeatureSet(guids=guids)
     if text_backbone is not None:
         store = FeatureStore(cache_dir, _text_store_key(text_backbone.info), text_backbone.info.dim)
         texts = [model_text(data_dir, g) for g in guids]
