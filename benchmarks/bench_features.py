@@ -4,6 +4,13 @@
 
 Extracts pooled text + image features of the first N labelled pairs with the default (or given) backbones
 into a fresh temporary cache and prints timings; the last line is ``pairs_per_s=<number>``.
+
+    python benchmarks/bench_features.py --data-root ../shared/mvsa --limit 128 \
+        --each minilm,mpnet,efficientnet_lite0,efficientnet_lite2
+
+``--each`` also times every listed backbone alone on the same posts (cold cache; text batches sorted by length,
+image decoding overlapped with the forward pass, as in the pipeline) and prints one ``backbone=...`` line each,
+so the cost of each encoder choice is visible.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--compare", action="store_true",
                    help="also time the image backbone in eager PyTorch (no onnxruntime) in the same run")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--each", default="", metavar="LIST",
+                   help="also time each of these backbones alone (comma-separated text or image names/folders)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,6 +71,22 @@ def main(argv=None) -> int:
         extract_features(guids, args.data_root / "data", tb, ib, cache, tokens=args.tokens,
                          batch_size=args.batch_size, progress=False)
         t_warm = time.perf_counter() - t3
+    from msa.backbones import IMAGE_BACKBONES, BackboneError
+
+    for name in [n.strip() for n in args.each.split(",") if n.strip()]:
+        try:
+            is_image = name in IMAGE_BACKBONES or not _is_text(name)
+            bb = image_backbone(name) if is_image else text_backbone(name)
+        except BackboneError as exc:
+            print(f"backbone={name} unavailable: {exc}")
+            continue
+        with tempfile.TemporaryDirectory() as each_cache:
+            t = time.perf_counter()
+            extract_features(guids, args.data_root / "data", None if is_image else bb, bb if is_image else None,
+                             each_cache, batch_size=args.batch_size, progress=False)
+            dt = time.perf_counter() - t
+        print(f"backbone={name} kind={'image' if is_image else 'text'} dim={bb.info.dim} "
+              f"ms_per_item={1000 * dt / len(guids):.1f} items_per_s={len(guids) / dt:.1f}")
     total = t_text + t_image
     print(f"backbones loaded in {t_load:.1f}s; torch threads {torch.get_num_threads()}")
     print(f"text  {len(guids)} in {t_text:.2f}s ({1000 * t_text / len(guids):.1f} ms/text)")
@@ -69,6 +94,16 @@ def main(argv=None) -> int:
     print(f"warm cache reload {t_warm:.2f}s")
     print(f"pairs_per_s={len(guids) / total:.1f}")
     return 0
+
+
+def _is_text(name: str) -> bool:
+    from msa.backbones import TEXT_BACKBONES
+
+    if name in TEXT_BACKBONES:
+        return True
+    folder = Path(name)
+    return (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file() \
+        or (folder / "tokenizer_config.json").is_file()
 
 
 if __name__ == "__main__":
