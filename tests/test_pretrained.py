@@ -67,10 +67,20 @@ def test_missing_package_names_it_and_the_fix():
         pretrained.pieces(MODEL)
 
 
-def test_mpnet_backbone_without_the_folder_says_make_models(tmp_path, monkeypatch):
+def test_mpnet_backbone_without_the_pieces_says_make_models(tmp_path, monkeypatch):
     monkeypatch.setattr(backbones, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(pretrained, "MPNET", MODEL)  # pieces that are not installed
     with pytest.raises(backbones.BackboneError, match="make models"):
         backbones.text_backbone("mpnet")
+
+
+def test_mpnet_backbone_assembles_itself_when_the_pieces_are_installed(tmp_path, monkeypatch):
+    parts = _pieces(tmp_path)
+    monkeypatch.setattr(pretrained, "pieces", lambda model: parts)
+    monkeypatch.setattr(pretrained, "MPNET", MODEL)
+    monkeypatch.setattr(backbones, "PRETRAINED_DIR", tmp_path / "pm")
+    bb = backbones.text_backbone("mpnet")  # e.g. a fresh checkout or make demo's code copy
+    assert bb.info.name == "mpnet" and (tmp_path / "pm" / "tiny-model" / pretrained.RECORD).is_file()
 
 
 def test_mpnet_backbone_refuses_weights_that_changed(tmp_path, monkeypatch):
