@@ -101,15 +101,16 @@ phase5: setup
 phase6: setup
 	$(PY) phase6/run_phase6.py --data-root $(DATA) $(F) $(PHASE6_ARGS)
 
-final: setup
+# the final recipe's encoders (minilm+mpnet, efficientnet_lite2) come with `make models`
+final: setup models
 	$(PY) final/run_final.py --data-root $(DATA) $(F) $(FINAL_ARGS)
 
 # the final recipe's contribution table (trains three more variants on the same folds), in final/ablation/
-ablation: setup
+ablation: setup models
 	$(PY) final/run_final.py --data-root $(DATA) --ablation --results-dir final/ablation \
 	    --figures-dir final/ablation/figures $(F) $(FINAL_ARGS)
 
-predict: setup
+predict: setup models
 	$(PY) phase4/predict_test.py --data-root $(DATA)
 
 report: setup

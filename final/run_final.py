@@ -242,6 +242,15 @@ def main(argv=None) -> int:
         variants |= {v: pool[v] for v in dict.fromkeys(wanted)}
     elif args.variants:
         raise cli.UserError("--variants needs --ablation")
+    from msa.backbones import GROUP_SEP
+
+    grouped = [m for m in ("text_backbone", "image_backbone") if GROUP_SEP in str(s.get(m) or "")]
+    for name in [v for v in variants if v != "final"]:
+        vs = s | variants[name][0]
+        if grouped and token_modalities(vs["feature_fusion"]):
+            log.warning("variant %s skipped: fusion %s attends over token sequences, which a backbone group (%s) "
+                        "does not have", name, vs["feature_fusion"], ", ".join(str(s[m]) for m in grouped))
+            del variants[name]
     side_specs = {(s | ov).get("side_features") or "" for ov, _ in variants.values()}
     stamp_path = args.results_dir / "inputs.json"
     inputs = stamp.inputs_of(args, files=[work / "phase0_manifest.json", work / "train_cleaned.txt",
