@@ -33,7 +33,7 @@ from msa import cli
 REPO = cli.REPO_ROOT
 #: what `make run` needs of the project, copied into <out>/pipeline
 CODE = ("msa", "phase0", "phase1", "phase2", "phase3", "phase4", "phase5", "phase6", "final", "configs")
-FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "pyproject.toml")
+FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "requirements-models.txt", "pyproject.toml")
 #: preset -> (labelled posts, test posts, make variables)
 PRESETS = {
     "quick": (400, 40, {"SEEDS": "42,43", "TRIALS": "6",
@@ -81,6 +81,13 @@ def copy_code(dest: Path) -> None:
         shutil.copytree(REPO / name, dest / name, ignore=ignore, dirs_exist_ok=True)
     for name in FILES:
         shutil.copy2(REPO / name, dest / name)
+    # the project's model folders (e.g. the ~440 MB all-mpnet-base-v2 that `make models` assembles) are shared, not
+    # copied: the copy's pretrained_models/ is a link to the project's
+    link = dest / "pretrained_models"
+    if not link.is_symlink():
+        shutil.rmtree(link, ignore_errors=True)
+        (REPO / "pretrained_models").mkdir(exist_ok=True)
+        link.symlink_to(REPO / "pretrained_models", target_is_directory=True)
 
 
 def main(argv=None) -> int:
