@@ -8,9 +8,9 @@ into a fresh temporary cache and prints timings; the last line is ``pairs_per_s=
     python benchmarks/bench_features.py --data-root ../shared/mvsa --limit 128 \
         --each minilm,mpnet,efficientnet_lite0,efficientnet_lite2
 
-``--each`` also times every listed backbone alone on the same posts (cold cache; text batches sorted by length,
-image decoding overlapped with the forward pass, as in the pipeline) and prints one ``backbone=...`` line each,
-so the cost of each encoder choice is visible.
+``--each`` also times every listed backbone alone on the same posts (cold cache; text batches sorted by length as
+in the pipeline; image decoding is not yet overlapped with the forward pass) and prints one ``backbone=...`` line
+each, so the cost of each encoder choice is visible.
 """
 
 from __future__ import annotations
