@@ -136,22 +136,11 @@ def regression_metrics(y_true, y_pred) -> dict:
       integer (numpy's round-half-to-even, as in MMSA), then compared: 5 resp. 7 classes.
 
     F1 scores are sklearn's support-weighted F1 of the two binary classes, as MMSA reports them. ``n`` and
-    ``n_non0`` give the sample counts. CH-SIMS (labels in [-1, 1], interval bins) needs other thresholds and
-    is not covered here.
+    ``n_non0`` give the sample counts. CH-SIMS (labels in [-1, 1], interval bins) needs other thresholds:
+    :func:`mmsa_metrics` has both sets under MMSA's own names.
     """
-    yt = _to_numpy(y_true).astype(np.float64).reshape(-1)
-    yp = _to_numpy(y_pred).astype(np.float64).reshape(-1)
-    if yt.shape != yp.shape:
-        raise ValueError(f"y_true has {yt.size} entries but y_pred has {yp.size}")
-    if yt.size == 0:
-        raise ValueError("no samples to evaluate")
-    if not (np.isfinite(yt).all() and np.isfinite(yp).all()):
-        raise ValueError("regression targets and predictions must be finite")
-    out: dict = {"n": int(yt.size), "mae": float(np.mean(np.abs(yp - yt)))}
-    if yt.size < 2 or np.ptp(yt) == 0 or np.ptp(yp) == 0:
-        out["corr"] = float("nan")
-    else:
-        out["corr"] = float(np.corrcoef(yp, yt)[0, 1])
+    yt, yp = _regression_inputs(y_true, y_pred)
+    out: dict = {"n": int(yt.size), "mae": float(np.mean(np.abs(yp - yt))), "corr": _pearson(yp, yt)}
     t_has0, p_has0 = yt >= 0, yp >= 0
     out["acc2_has0"] = float(accuracy_score(t_has0, p_has0))
     out["f1_has0"] = float(f1_score(t_has0, p_has0, average="weighted", zero_division=0))
@@ -244,21 +233,13 @@ def mmsa_mosi_metrics(y_true, y_pred) -> dict:
     F1 scores are sklearn's support-weighted F1 over the two classes (MMSA's ``average='weighted'``). MMSA
     rounds every value to 4 decimals; here they are unrounded.
     """
-    yt, yp = _regression_inputs(y_true, y_pred)
-    out = {"Has0_acc_2": float(accuracy_score(yt >= 0, yp >= 0)),
-           "Has0_F1_score": float(f1_score(yt >= 0, yp >= 0, average="weighted", zero_division=0))}
-    nz = yt != 0
-    if nz.any():
-        t, p = yt[nz] > 0, yp[nz] > 0
-        out["Non0_acc_2"] = float(accuracy_score(t, p))
-        out["Non0_F1_score"] = float(f1_score(t, p, average="weighted", zero_division=0))
-    else:
-        out["Non0_acc_2"] = out["Non0_F1_score"] = float("nan")
-    out["Mult_acc_5"] = _multiclass_acc(np.clip(yp, -2.0, 2.0), np.clip(yt, -2.0, 2.0))
-    out["Mult_acc_7"] = _multiclass_acc(np.clip(yp, -3.0, 3.0), np.clip(yt, -3.0, 3.0))
-    out["MAE"] = float(np.mean(np.abs(yp - yt)))
-    out["Corr"] = _pearson(yp, yt)
-    return out
+    m = regression_metrics(y_true, y_pred)
+    return {name: m[key] for key, name in _MMSA_NAMES.items()}
+
+
+#: :func:`regression_metrics` key -> MMSA's name
+_MMSA_NAMES = {"acc2_has0": "Has0_acc_2", "f1_has0": "Has0_F1_score", "acc2_non0": "Non0_acc_2",
+               "f1_non0": "Non0_F1_score", "acc5": "Mult_acc_5", "acc7": "Mult_acc_7", "mae": "MAE", "corr": "Corr"}
 
 
 def sims_classes(values, k: int) -> np.ndarray:
