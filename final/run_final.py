@@ -371,10 +371,32 @@ def main(argv=None) -> int:
                     f"{table.loc['final', 'f1_neutral_mean']:.3f}": sum(np.asarray(r["confusion_matrix"])
                                                                           for r in fin)},
                    LABELS, args.figures_dir / "confusion.png", ncols=1, title="Held-out predictions (CV)")
+    write_errors(fin, Path(args.data_root) / "data", args)
     stamp.write(stamp_path, inputs, [args.results_dir / "summary.csv", best_dir / "ensemble.json"])
     print(md)
     print(f"final ensemble ({len(members)} models, bias {bias}) -> {best_dir} (predict_test.py's default)")
     return 0
+
+
+def write_errors(fin: list[dict], data_dir: Path, args) -> None:
+    """Where the recipe's held-out errors are (msa.errors): errors.md (per class, confusion, slices by the text's
+    VADER polarity and length, the most confident mistakes with their texts) and errors.csv (every mistake)."""
+    import numpy as np
+
+    from msa import side as side_mod
+    from msa.data import LABELS, read_text
+    from msa.errors import error_analysis, error_markdown, length_slice, vader_slice
+    from msa.io import write_csv, write_text
+
+    guids = [g for r in fin for g in r["guids"]]
+    texts = [read_text(data_dir, g).raw for g in guids]
+    vader = side_mod.compute("vader", guids, data_dir, args.cache_dir)
+    compound = vader.values[:, list(vader.columns).index("vader.compound")]
+    a = error_analysis(np.concatenate([r["y"] for r in fin]), np.concatenate([r["proba"] for r in fin]), LABELS,
+                       guids, texts, {"text VADER polarity": vader_slice(compound), "text length": length_slice(texts)})
+    write_text(args.results_dir / "errors.md", error_markdown(
+        a, f"Where the final recipe's errors are ({args.folds}-fold CV, held-out predictions of every fold)"))
+    write_csv(args.results_dir / "errors.csv", a["table"])
 
 
 def describe_recipe(s: dict, seeds: list[int], args) -> str:

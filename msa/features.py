@@ -219,8 +219,11 @@ def image_store_key(info, view: str | None = None) -> str:
 
 @torch.inference_mode()
 def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureStore, tokens: bool,
-                   batch_size: int, progress: bool, cache_dir: Path | None = None, view: str | None = None
-                   ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
+                   batch_size: int, progress: bool, cache_dir: Path | None = None, view: str | None = None,
+                   decode_workers: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
+    """Pooled (and ``tokens``: patch) features of every guid's image; the next batches are decoded by
+    ``decode_workers`` background threads (None: :func:`default_decode_workers`; 0: inline) while the current one
+    runs through the backbone."""
     keyed = [image_content_key(data_dir, g) for g in guids]
     pooled, toks, unique = _lookup(store, [k for k, _ in keyed], tokens)
     order = list(unique)
@@ -231,18 +234,52 @@ def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureSto
         forward = fast_image_forward(backbone, cache_dir)
     bar = tqdm(total=len(order), desc=f"image features ({backbone.info.name}{', ' + view if view else ''})",
                unit="img", disable=None if progress else True)
-    for chunk in _batches(order, batch_size):
+
+    def prepare(chunk: list[str]) -> torch.Tensor:  # decode + preprocess one batch (PIL releases the GIL)
         first = [unique[key][0] for key in chunk]
         images = [_decode(data_dir, guids[i], keyed[i][1], backbone.image_size) for i in first]
         if view is not None:
             images = [img.transpose(IMAGE_VIEWS[view]) for img in images]
-        p, t = forward(backbone.preprocess(images))
+        return backbone.preprocess(images)
+
+    chunks = list(_batches(order, batch_size))
+    for chunk, pixels in zip(chunks, _prefetched(prepare, chunks, decode_workers), strict=True):
+        p, t = forward(pixels)
         for j, key in enumerate(chunk):
             seq = t[j].to(torch.float16).clone() if tokens else None
             _keep(store, key, unique[key], p[j].float().clone(), seq, pooled, toks)
         bar.update(len(chunk))
     bar.close()
     return pooled, (toks if tokens else None), len(order)
+
+
+def default_decode_workers() -> int:
+    """Background threads that decode image batches ahead of the forward pass: one per spare core, at most 4."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores - 1))
+
+
+def _prefetched(prepare, chunks: list, workers: int | None):
+    """``prepare(chunk)`` for every chunk, in order, computed up to ``workers`` batches ahead in background threads
+    so that decoding overlaps the forward pass (``workers`` 0: inline, in the caller's thread)."""
+    workers = default_decode_workers() if workers is None else int(workers)
+    if workers <= 0 or len(chunks) < 2:
+        yield from (prepare(c) for c in chunks)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    rest = iter(chunks)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending = deque(pool.submit(prepare, c) for _, c in zip(range(workers), rest, strict=False))
+        while pending:
+            result = pending.popleft().result()  # re-raises a worker's exception here
+            nxt = next(rest, None)
+            if nxt is not None:
+                pending.append(pool.submit(prepare, nxt))
+            yield result
 
 
 def text_features_for(texts: Sequence[str], text_backbone, cache_dir: str | Path = DEFAULT_CACHE_DIR,
@@ -258,8 +295,8 @@ def text_features_for(texts: Sequence[str], text_backbone, cache_dir: str | Path
 
 def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=None, image_backbone=None,
                      cache_dir: str | Path = DEFAULT_CACHE_DIR, tokens: bool | Sequence[str] = False,
-                     batch_size: int = 32,
-                     progress: bool = True, accelerate: bool = True, image_view: str | None = None) -> FeatureSet:
+                     batch_size: int = 32, progress: bool = True, accelerate: bool = True,
+                     image_view: str | None = None, decode_workers: int | None = None) -> FeatureSet:
     """Pooled (and with ``tokens`` also sequence) features of every guid, from the cache where possible.
 
     ``tokens``: True for token/patch sequences of every modality, or the modality names that need them.
@@ -267,7 +304,10 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
     ``image_view`` (a name of :data:`IMAGE_VIEWS`, e.g. ``"hflip"``): features of that view of every image
     instead of the image itself (test-time augmentation), cached under their own key.
 
-    ``accelerate`` runs CNN image backbones in onnxruntime on the CPU (:mod:`msa.onnx_accel`)."""
+    ``accelerate`` runs CNN image backbones in onnxruntime on the CPU (:mod:`msa.onnx_accel`).
+
+    ``decode_workers``: background threads decoding the next image batches during the forward pass (None: one per
+    spare core, at most 4; 0: decode inline)."""
     data_dir = Path(data_dir)
     guids = list(guids)
     want = {"text", "image"} if tokens is True else set(tokens or ())
@@ -279,10 +319,11 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
                             f"{groups[bad[0]].info.name}; use a pooled fusion (not cross_attention)")
         single = {m: bb for m, bb in (("text", text_backbone), ("image", image_backbone)) if m not in groups}
         fs = extract_features(guids, data_dir, single.get("text"), single.get("image"), cache_dir, tokens, batch_size,
-                              progress, accelerate, image_view)
+                              progress, accelerate, image_view, decode_workers)
         for m, group in groups.items():
             parts = [extract_features(guids, data_dir, *((bb, None) if m == "text" else (None, bb)), cache_dir,
-                                      False, batch_size, progress, accelerate, image_view) for bb in group.members]
+                                      False, batch_size, progress, accelerate, image_view, decode_workers)
+                     for bb in group.members]
             fs.pooled[m] = torch.cat([p.pooled[m] for p in parts], dim=1)
             fs.backbones[m] = _info_dict(group.info)
             fs.stats[m] = {"computed": sum(p.stats[m]["computed"] for p in parts),
@@ -305,7 +346,8 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
     if image_backbone is not None:
         store = FeatureStore(cache_dir, image_store_key(image_backbone.info, image_view), image_backbone.info.dim)
         pooled, toks, computed = image_features(image_backbone, data_dir, guids, store, "image" in want, batch_size,
-                                                progress, Path(cache_dir) if accelerate else None, image_view)
+                                                progress, Path(cache_dir) if accelerate else None, image_view,
+                                                decode_workers)
         fs.pooled["image"] = torch.stack(pooled)
         if toks is not None:
             fs.tokens["image"] = toks

@@ -178,3 +178,40 @@ def test_text_features_for_strings_match_the_posts_and_are_cached(data):
     assert torch.equal(pooled, fs.pooled["text"]) and not tb.seen  # same normalisation, same cache entries
     pooled, toks = text_features_for(["a photo showing: a dog"], tb, cache, tokens=True)
     assert pooled.shape == (1, 4) and toks[0].shape[1] == 4 and tb.seen
+
+
+@pytest.mark.parametrize("workers", [1, 3, 8])
+def test_background_decoding_gives_the_inline_features_in_order(data, workers):
+    data_dir, guids, cache = data
+    inline = extract_features(guids, data_dir, None, FakeImage(), cache / "inline", batch_size=4, progress=False,
+                              decode_workers=0)
+    ib = FakeImage()
+    ahead = extract_features(guids, data_dir, None, ib, cache / f"ahead{workers}", batch_size=4, progress=False,
+                             decode_workers=workers)
+    assert ib.count == ahead.stats["image"]["computed"] > 8  # several batches, each decoded once
+    assert torch.equal(inline.pooled["image"], ahead.pooled["image"])
+
+
+def test_prefetch_keeps_order_and_reraises_a_workers_error():
+    import threading
+
+    from msa.features import _prefetched, default_decode_workers
+
+    threads = set()
+
+    def prepare(chunk):
+        threads.add(threading.current_thread().name)
+        if chunk == [5]:
+            raise ValueError("bad batch 5")
+        return chunk[0] * 10
+
+    chunks = [[i] for i in range(5)]
+    for workers in (0, 1, 2, 7):
+        assert list(_prefetched(prepare, chunks, workers)) == [0, 10, 20, 30, 40]
+    assert any(name.startswith("decode") for name in threads) and threading.current_thread().name in threads
+    got = []
+    with pytest.raises(ValueError, match="bad batch 5"):
+        for value in _prefetched(prepare, chunks + [[5], [6]], 2):
+            got.append(value)
+    assert got == [0, 10, 20, 30, 40]
+    assert 1 <= default_decode_workers() <= 4

@@ -57,6 +57,21 @@ def test_table_rows_and_figures(run):
         assert (run["tmp"] / "figures" / name).stat().st_size > 1000
 
 
+def test_error_analysis_lists_exactly_the_recipes_held_out_mistakes(run):
+    pred = pd.read_csv(run["res"] / "predictions.csv", dtype={"guid": str})
+    fin = pred[pred["row"] == "final"]
+    wrong = fin[fin["label"] != fin["pred"]]
+    errors = pd.read_csv(run["res"] / "errors.csv", dtype={"guid": str})
+    assert sorted(errors["guid"]) == sorted(wrong["guid"]) and len(errors) > 0
+    merged = errors.merge(wrong, on="guid", suffixes=("", "_p"))
+    assert (merged["label"] == merged["label_p"]).all() and (merged["pred"] == merged["pred_p"]).all()
+    raw = (run["root"] / "data" / f"{errors['guid'].iloc[0]}.txt").read_text(encoding="utf-8")
+    assert " ".join(raw.split())[:20] in " ".join(str(errors["text"].iloc[0]).split())
+    md = (run["res"] / "errors.md").read_text()
+    assert f"{len(wrong)} of {len(fin)} posts misclassified" in md
+    assert "text VADER polarity" in md and "most confident mistakes" in md
+
+
 def test_variant_selection_errors(run):
     with pytest.raises(UserError, match="--variants: unknown bogus"):
         final.main(run["argv"] + ["--variants", "bogus"])
