@@ -18,7 +18,7 @@ FINAL_ARGS ?=
 # make demo: where it writes (git-ignored) and its preset (quick, or smallest as in CI)
 DEMO_DIR ?= demo
 DEMO_PRESET ?= quick
-TRIALS ?= 50
+TRIALS ?= 40
 SEEDS  ?= 42,43,44
 STAMP  := $(VENV)/.installed
 # make run FORCE=1 recomputes every phase; otherwise a phase whose inputs are unchanged is skipped

@@ -45,8 +45,12 @@ PHASES = (
      ["final/ablation/figures", "final/figures"],
      "The recipe predict.txt comes from, measured by 5-fold CV (early stopping and any decision rule on inner "
      "validation data, each post held out once); each further row adds, removes or swaps one part of the recipe "
-     "(Δ weighted F1 against the recipe on the same folds)."),
+     "(Δ weighted F1 against the recipe on the same folds). Then where its held-out errors are: per class, by "
+     "slice, and the most confident mistakes with their texts."),
 )
+
+#: Further Markdown pages shown after a section's summary when they exist.
+EXTRAS = {"Final recipe: cross-validated": ["final/results/errors.md"]}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -217,6 +221,9 @@ def build(root: Path = REPO, out: Path = DEFAULT_OUT) -> Path:
         body = re.sub(r"!\[([^\]]*)\]\((?!https?:|/)([^)]+)\)",
                       lambda m, base=found.parent: f"![{m.group(1)}]({_rel(base / m.group(2), out_dir)})", body)
         lines += [_demote(body, 1), ""]
+        for extra in EXTRAS.get(title, []):  # further pages of the section, under their own (demoted) titles
+            if (root / extra).is_file():
+                lines += [_demote((root / extra).read_text(encoding="utf-8").strip(), 2), ""]
         figures = sorted((root / figdir).glob("*.png")) if (root / figdir).is_dir() else []
         linked = set(re.findall(r"\(([^)]+\.png)\)", body))
         for f in figures:

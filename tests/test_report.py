@@ -110,3 +110,14 @@ def test_html_report_is_self_contained_with_every_table_and_figure(tmp_path):
         assert by_title[title]["tables"] == 1, title
     assert text.count("How to read it:") == len(report.PHASES)
     assert "<nav>" in text and 'href="#phase-0-dataset-audit"' in text
+
+
+def test_the_final_section_shows_where_the_errors_are(tmp_path):
+    _write(tmp_path / "final/results/summary.md", "# Final\n\n| row | wF1 |\n")
+    md = report.build(tmp_path, tmp_path / "REPORT.md").read_text()
+    assert "Where the errors are" not in md  # no errors.md yet: nothing added
+    _write(tmp_path / "final/results/errors.md", "# Where the errors are\n\n## Per class\n\n| class |\n")
+    md = report.build(tmp_path, tmp_path / "REPORT.md").read_text()
+    final = md[md.index("## Final recipe"):]
+    assert "### Where the errors are" in final and "#### Per class" in final
+    assert final.index("| row | wF1 |") < final.index("### Where the errors are")
