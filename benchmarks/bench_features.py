@@ -34,17 +34,17 @@ from msa.features import extract_features  # noqa: E402
 def main(argv=None) -> int:
     p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--data-root", type=Path, default=Path("dataset"), help="dataset root with train.txt and data/")
-    p.add_argument("--limit", type=int, default=256, help="number of pairs")
+    p.add_argument("--limit", type=cli.positive_int, default=256, help="number of pairs")
     p.add_argument("--text-backbone", default="minilm", help="text backbone name or folder")
     p.add_argument("--image-backbone", default="efficientnet_lite0", help="image backbone name or folder")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size")
+    p.add_argument("--batch-size", type=cli.positive_int, default=32, help="batch size")
     p.add_argument("--tokens", action="store_true", help="also store token/patch sequences")
     p.add_argument("--compare", action="store_true",
                    help="also time the image backbone in eager PyTorch (no onnxruntime) and with inline decoding "
                         "(no background decode threads) in the same run")
-    p.add_argument("--decode-workers", type=int, default=None,
+    p.add_argument("--decode-workers", type=cli.non_negative_int, default=None,
                    help="background image-decoding threads (default: one per spare core, at most 4; 0 = inline)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--threads", type=cli.non_negative_int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--each", default="", metavar="LIST",
                    help="also time each of these backbones alone (comma-separated text or image names/folders)")
     args = p.parse_args(argv)

@@ -77,15 +77,17 @@ def build_parser() -> cli.ArgumentParser:
     add_training_args(p, seeds="42,43,44", resume=False)
     p.set_defaults(preset=str(DEFAULT_PRESET))
     r = p.add_argument_group("cross-validation, ensemble, decision rule")
-    r.add_argument("--folds", type=int, default=5, help="number of phase 0's folds (splits cv<K>-0 .. cv<K>-<K-1>)")
-    r.add_argument("--inner-val", type=float, default=0.1,
+    r.add_argument("--folds", type=cli.positive_int, default=5,
+                   help="number of phase 0's folds (splits cv<K>-0 .. cv<K>-<K-1>)")
+    r.add_argument("--inner-val", type=cli.open_fraction, default=0.1,
                    help="share of each fold's training part kept for early stopping and the decision rule")
     r.add_argument("--decision", default="argmax", choices=["bias", "argmax"],
                    help="bias: offsets of the neutral and negative log-probabilities chosen on inner validation; "
                         "argmax: none")
     r.add_argument("--bias-metric", default="weighted_f1", choices=["weighted_f1", "macro_f1", "accuracy"],
                    help="what the decision offsets maximise on inner validation")
-    r.add_argument("--focal-gamma", type=float, default=2.0, help="focusing exponent of the focal loss")
+    r.add_argument("--focal-gamma", type=cli.non_negative_float, default=2.0,
+                   help="focusing exponent of the focal loss")
     r.add_argument("--tta", default="none", choices=["none", "hflip"],
                    help="test-time augmentation: every model's probabilities are averaged over the image and this "
                         "view of it (hflip: mirrored left-right); none: the image only")
@@ -100,9 +102,10 @@ def build_parser() -> cli.ArgumentParser:
                    help="the side features the 'side' row of --ablation adds (msa.side)")
     add_resume_arg(r)
     o = p.add_argument_group("execution and output")
-    o.add_argument("--jobs", type=int, default=2, help="training processes in parallel (one torch thread each)")
+    o.add_argument("--jobs", type=cli.positive_int, default=2,
+                   help="training processes in parallel (one torch thread each)")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
-    o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--results-dir", type=Path, default=FINAL_DIR / "results", help="where tables, runs, best/ go")
     o.add_argument("--figures-dir", type=Path, default=FINAL_DIR / "figures", help="where the figures go")
     stamp.add_force_arg(o)
@@ -289,7 +292,7 @@ def main(argv=None) -> int:
         views[view] = with_image_view(fs, extract_features(
             guids, Path(args.data_root) / "data", None, ib, args.cache_dir,
             tokens=[m for m in token_mods if m == "image"], batch_size=args.feature_batch_size, image_view=view))
-    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
+    record = cli.args_record(args) | {"resolved": s}
 
     # numeric side features (msa.side) of every spec a variant uses; imputation and standardisation are fitted
     # per model on its own inner-training rows (msa.experiment.train_run)

@@ -33,7 +33,8 @@ from typing import Protocol
 
 from PIL import Image, ImageOps
 
-from msa.data import find_image, to_rgb
+from msa.cli import redact, url_secrets
+from msa.data import MAX_IMAGE_BYTES, find_image, read_capped, to_rgb
 from msa.io import write_json
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _read_image(path: Path | None) -> tuple[bytes, Image.Image] | str:
     if path is None:
         return "no image"
     try:
-        data = Path(path).read_bytes()
+        data, _ = read_capped(path, MAX_IMAGE_BYTES)
         if not data:
             return f"no image ({Path(path).name} is empty)"
         with Image.open(io.BytesIO(data)) as img:
@@ -214,16 +215,17 @@ class OpenAICaptioner:
         self._lock = threading.Lock()
         self._client = None
 
-    def __repr__(self) -> str:  # never shows the key
-        return f"OpenAICaptioner(base_url={self.base_url!r}, model={self.model!r})"
+    def __repr__(self) -> str:  # never shows the key, not even one inside the URL
+        return f"OpenAICaptioner(base_url={redact(self.base_url)!r}, model={self.model!r})"
 
     # ---- helpers
     def scrub(self, text: object) -> str:
-        """``text`` with the API key replaced by ``***``."""
+        """``text`` with the API key, and any credential inside a URL, replaced by ``***``."""
         text = str(text)
-        if self._api_key and len(self._api_key) >= 4:
-            text = text.replace(self._api_key, "***")
-        return text
+        for secret in sorted({self._api_key, *url_secrets(self.base_url)}, key=len, reverse=True):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return redact(text)
 
     def cache_key(self, image_bytes: bytes) -> str:
         h = hashlib.sha256()

@@ -10,8 +10,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,13 +64,117 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+# ------------------------------------------------------------------------------ checked flag values
+def _number(kind, text: str, lo: float | None, lo_open: bool, hi: float | None, what: str):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    if lo is not None and (value <= lo if lo_open else value < lo) or hi is not None and value > hi:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: an integer >= 1 (epochs, batch sizes, workers)."""
+    return _number(int, text, 1, False, None, "a positive integer (>= 1)")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type``: an integer >= 0 (patience where 0 means never, counts that may be none)."""
+    return _number(int, text, 0, False, None, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type``: a finite number > 0 (learning rates, time budgets)."""
+    return _number(float, text, 0.0, True, None, "a number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse ``type``: a finite number >= 0 (weight decay, margins)."""
+    return _number(float, text, 0.0, False, None, "a number >= 0")
+
+
+def fraction(text: str) -> float:
+    """argparse ``type``: a finite number in [0, 1] (dropout, ratios)."""
+    return _number(float, text, 0.0, False, 1.0, "a number between 0 and 1")
+
+
+def open_fraction(text: str) -> float:
+    """argparse ``type``: a finite number in (0, 1] (a share that must not be empty)."""
+    return _number(float, text, 0.0, True, 1.0, "a number in (0, 1]")
+
+
+def output_file(text: str) -> Path:
+    """argparse ``type``: a file to write; refused when it is an existing folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    return path
+
+
+def output_dir(text: str) -> Path:
+    """argparse ``type``: a folder to write into; refused when it is an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return path
+
+
+# ------------------------------------------------------------------------------ secrets in arguments
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/?#@\s]+)@")
+_URL_SECRET_PARAM = re.compile(r"(?i)(?P<name>[?&;](?:api[_\-]?key|key|token|access[_\-]?token|auth|secret|"
+                               r"password|passwd|pwd|sig|signature|x-api-key)=)[^&#;\s]+")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials inside URLs replaced by ``***``: the user-info part (``http://user:KEY@host``)
+    and secret-looking query parameters (``?api_key=...``, ``&token=...``). Keys belong in $VLM_API_KEY, never
+    in a URL, but one given there is still never recorded."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    return _URL_SECRET_PARAM.sub(lambda m: f"{m['name']}{REDACTED}", text)
+
+
+def url_secrets(text: str) -> list[str]:
+    """The credentials inside the URLs of ``text`` (user name, password, secret query values), to scrub them from
+    messages that quote them without the URL around them."""
+    found = []
+    for m in _URL_USERINFO.finditer(text):
+        found += [part for part in m["userinfo"].split(":") if part]
+    for m in _URL_SECRET_PARAM.finditer(text):
+        found.append(m.group(0)[len(m["name"]):])
+    return found
+
+
+def args_record(args) -> dict:
+    """The parsed arguments as a JSON-ready dict for run records and stamps: paths as strings, and credentials in
+    any string value redacted (:func:`redact`)."""
+    raw = dict(vars(args)) if not isinstance(args, dict) else dict(args)
+    return {k: _redacted(v) for k, v in raw.items()}
+
+
+def _redacted(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every phase: where the user's data is and where derived data files go."""
     g = parser.add_argument_group("data")
     g.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                    help="dataset root holding data/{guid}.jpg|.txt, train.txt and test_without_label.txt "
                         "(never modified)")
-    g.add_argument("--work-dir", type=Path, default=None,
+    g.add_argument("--work-dir", type=output_dir, default=None,
                    help="where phase 0 writes train_cleaned.txt, data_audit.csv, data_inventory.csv and "
                         "splits/, and where later phases read them (default: the project's dataset/ folder, "
                         "even when --data-root points elsewhere)")
@@ -85,12 +192,25 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+#: OSErrors that mean the machine or the path, not a bug: reported by :func:`run_main` as one line
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                 errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR, errno.ENOTDIR, errno.EFBIG})
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run a phase's ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2."""
     try:
         return int(main(argv) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # the environment, not the code: a full disk, a read-only folder, a name too long for the file system
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; nothing was left half-written (atomic writes), free the "
+              "space or fix the path and run again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,9 +17,12 @@ and a human-readable detail, so callers can log the problem, put it in the audit
 from __future__ import annotations
 
 import codecs
+import errno
 import html
 import logging
+import os
 import re
+import stat
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
@@ -40,6 +43,16 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".
 _EXT_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
 #: Images with more pixels than this are treated as decompression bombs (Pillow's own default limit).
 MAX_IMAGE_PIXELS = 89_478_485
+#: Size caps of every file the data layer reads (README, "Bad input"): a post text is cut after this many bytes
+#: (a tweet is at most ~1.1 KB; the cut is audited as ``text_truncated``), an image file or an index file larger
+#: than its cap is refused. Only regular files are read: a FIFO, a device or a symlink to one is never opened.
+MAX_TEXT_BYTES = 16 * 1024
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+#: the words of a TextResult's detail that say the text was cut (phase 0 audits it as ``text_truncated``)
+TRUNCATED_DETAIL = "cut to its first"
+#: the longest guid accepted: with its extension it must fit a file name (255 bytes on common file systems)
+MAX_GUID_CHARS = 200
 PLACEHOLDER_SIZE = (224, 224)
 PLACEHOLDER_COLOR = (128, 128, 128)
 
@@ -77,7 +90,60 @@ def validate_guid(guid: str) -> str | None:
         return "guid contains '..'"
     if not _GUID_RE.match(guid):
         return "guid has characters other than letters, digits, '_', '-' and '.'"
+    if len(guid) > MAX_GUID_CHARS:
+        return f"guid is {len(guid)} characters long (at most {MAX_GUID_CHARS}: it names files)"
     return None
+
+
+# ------------------------------------------------------------------------------------------ file reads
+class FileReadError(OSError):
+    """A file that is not read: not a regular file, or larger than its cap. ``reason`` is a short tag."""
+
+    def __init__(self, path: Path, reason: str, detail: str):
+        super().__init__(errno.EINVAL, detail, str(path))
+        self.reason, self.detail = reason, detail
+
+
+def regular_file_size(path: str | Path) -> int:
+    """The size of ``path`` after following symlinks; :class:`FileReadError` unless it is a regular file
+    (a FIFO would block, a device such as ``/dev/zero`` never ends). ``FileNotFoundError`` when missing."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileReadError(path, "symlink_loop", f"{path.name}: a symbolic link loop") from None
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        raise FileReadError(path, "not_regular", f"{path.name} is {kind}, not a regular file: not read")
+    return st.st_size
+
+
+def read_capped(path: str | Path, limit: int, cut: bool = False) -> tuple[bytes, bool]:
+    """``(bytes, was_cut)`` of the regular file ``path``, reading at most ``limit`` bytes. A larger file is cut at
+    ``limit`` with ``cut`` (texts), else refused with :class:`FileReadError` (images, index files)."""
+    path = Path(path)
+    size = regular_file_size(path)
+    if size > limit and not cut:
+        raise FileReadError(path, "too_large", f"{path.name} is {size:,} bytes, over the limit of {limit:,}")
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        return data[:limit], True
+    return data, False
+
+
+def _cut_utf8(data: bytes) -> bytes:
+    """``data`` without a multi-byte UTF-8 character split by a cut at its end."""
+    for k in range(min(4, len(data)) + 1):
+        try:
+            (data[:-k] if k else data).decode("utf-8")
+            return data[:-k] if k else data
+        except UnicodeDecodeError:
+            continue
+    return data
 
 
 # ----------------------------------------------------------------------------------------- index files
@@ -113,9 +179,14 @@ def read_index(path: str | Path, labelled: bool = True) -> IndexFile:
       with different tags: every copy removed (``conflicting_index_rows``).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"index file not found: {path}")
-    raw = path.read_bytes()
+    try:
+        raw, _ = read_capped(path, MAX_INDEX_BYTES)
+    except FileReadError as exc:
+        raise UserError(f"index file {path}: {exc.detail}") from None
+    except OSError as exc:
+        raise UserError(f"index file {path}: cannot be read ({exc.strerror or exc})") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -139,6 +210,14 @@ def read_index(path: str | Path, labelled: bool = True) -> IndexFile:
             had_header = False
             log.warning("%s, line %d: no 'guid,tag' header; reading the first line as data", path, lineno)
         n_data += 1
+        if not labelled and len(fields) > 2 and not validate_guid(fields[0]):
+            # every test guid must get its row: extra columns are ignored, not the guid
+            problems.append(Problem(fields[0], "bad_index_row", "",
+                                    f"line {lineno}: expected 'guid,tag', got {line[:80]!r}; extra columns "
+                                    "ignored", "kept", src))
+            fields = fields[:2]
+        if not labelled and len(fields) == 1 and fields[0] and not validate_guid(fields[0]):
+            fields = [fields[0], "null"]  # a test guid without its tag column still gets its row
         if len(fields) != 2:
             problems.append(Problem(fields[0] if fields else "", "bad_index_row",
                                     detail=f"line {lineno}: expected 'guid,tag', got {line[:80]!r}",
@@ -201,6 +280,7 @@ class TextResult:
     status: str = "ok"
     repaired: bool = False
     detail: str = ""
+    truncated: bool = False  # the file was longer than MAX_TEXT_BYTES and only its start was read
 
     @property
     def ok(self) -> bool:
@@ -331,11 +411,15 @@ def read_text(data_dir: str | Path, guid: str) -> TextResult:
         return TextResult("", "", "bad_guid", detail=why)
     path = Path(data_dir) / f"{guid}.txt"
     try:
-        data = path.read_bytes()
+        data, truncated = read_capped(path, MAX_TEXT_BYTES, cut=True)
     except FileNotFoundError:
         return TextResult("", "", "missing", detail=f"{path.name} not found")
+    except FileReadError as exc:
+        return TextResult("", "", "missing", detail=exc.detail)
     except OSError as exc:
         return TextResult("", "", "missing", detail=f"{path.name}: {exc.strerror or exc}")
+    if truncated:
+        data = _cut_utf8(data)
     text, enc = decode_bytes(data)
     fixed = repair_mojibake(text)
     repaired = fixed != text
@@ -345,7 +429,9 @@ def read_text(data_dir: str | Path, guid: str) -> TextResult:
     detail = "mojibake repaired" if repaired else ""
     if enc == "cp1252-replace" and "\ufffd" in raw:
         detail = (detail + "; " if detail else "") + "undecodable bytes replaced"
-    return TextResult(raw, enc, "ok", repaired, detail)
+    if truncated:
+        detail = (detail + "; " if detail else "") + f"{TRUNCATED_DETAIL} {MAX_TEXT_BYTES:,} bytes"
+    return TextResult(raw, enc, "ok", repaired, detail, truncated)
 
 
 # ---------------------------------------------------------------------------------------- normalisation
@@ -427,9 +513,52 @@ def find_image(data_dir: str | Path, guid: str) -> Path | None:
     data_dir = Path(data_dir)
     for ext in IMAGE_EXTENSIONS:
         for candidate in (data_dir / f"{guid}{ext}", data_dir / f"{guid}{ext.upper()}"):
-            if candidate.is_file():
-                return candidate
+            try:
+                if candidate.is_file():  # follows symlinks: a FIFO, a device or a loop is not an image
+                    return candidate
+            except OSError:  # e.g. a name the file system refuses
+                continue
     return None
+
+
+#: a run in which more than this share of the posts has no text file (or no image file) is refused: placeholders
+#: are for a few broken posts, and a run made mostly of them means the data folder is the wrong one
+MAX_MISSING_SHARE = 0.5
+
+
+def check_data_dir(data_dir: str | Path, guids, text: bool = True, image: bool = True) -> None:
+    """:class:`UserError` naming the folder when ``data_dir`` is not a folder, or when most ``guids`` have no
+    ``{guid}.txt`` (``text``) or no image file (``image``) in it: predictions or a model made of placeholders
+    would be silently wrong. One listing of the folder, no file is opened."""
+    data_dir = Path(data_dir)
+    hint = ("is --data-root right? It must hold train.txt, test_without_label.txt and data/{guid}.jpg|.txt "
+            "(README, 'Dataset layout')")
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} not found: {hint}")
+    guids = list(guids)
+    if not guids or not (text or image):
+        return
+    try:
+        names = os.listdir(data_dir)
+    except OSError as exc:
+        raise UserError(f"data folder {data_dir} cannot be listed ({exc.strerror or exc})") from None
+    stems: dict[str, set[str]] = {"text": set(), "image": set()}
+    for name in names:
+        stem, dot, ext = name.rpartition(".")
+        if not dot:
+            continue
+        if ext == "txt":
+            stems["text"].add(stem)
+        elif f".{ext.lower()}" in IMAGE_EXTENSIONS and (ext.islower() or ext.isupper()):
+            stems["image"].add(stem)
+    for kind, wanted in (("text", text), ("image", image)):
+        if not wanted:
+            continue
+        missing = [g for g in guids if g not in stems[kind]]
+        if len(missing) > MAX_MISSING_SHARE * len(guids):
+            raise UserError(f"{len(missing)} of {len(guids)} posts have no {kind} file in {data_dir} (e.g. "
+                            f"{missing[0]!r}): {hint}. Placeholders stand in for a few broken posts, not for most "
+                            "of them, so nothing was computed or written")
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -469,8 +598,13 @@ def load_image(data_dir: str | Path, guid: str, *, draft_size: tuple[int, int] |
         return ImageResult(placeholder_image(placeholder_size), "missing", f"no image file for {guid}")
     res = ImageResult(placeholder_image(placeholder_size), path=path)
     try:
-        if path.stat().st_size == 0:
+        size = regular_file_size(path)
+        if size == 0:
             res.status, res.detail = "empty_file", f"{path.name} is empty (0 bytes)"
+            return res
+        if size > MAX_IMAGE_BYTES:
+            res.status = "undecodable"
+            res.detail = f"{path.name} is {size:,} bytes, over the limit of {MAX_IMAGE_BYTES:,}: not read"
             return res
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -489,6 +623,8 @@ def load_image(data_dir: str | Path, guid: str, *, draft_size: tuple[int, int] |
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 res.image = to_rgb(img)
+    except FileReadError as exc:
+        res.status, res.detail = "undecodable", exc.detail
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         res.status, res.detail = "decompression_bomb", str(exc)[:200]
     except UnidentifiedImageError:

@@ -39,6 +39,7 @@ def load_labelled(work_dir: Path, split_name: str = "default") -> Labelled:
         raise cli.UserError(f"{cleaned} not found: run phase 0 first (python phase0/data_cleaner.py --data-root DATA)")
     index = read_index(cleaned)
     split = load_split(work_dir, split_name)
+    check_phase0_set(work_dir, split)
     side = split.frame.set_index("guid")["split"].to_dict()
     unknown = [g for g in index.guids if g not in side]
     if unknown:
@@ -49,6 +50,36 @@ def load_labelled(work_dir: Path, split_name: str = "default") -> Labelled:
     train_idx = [i for i, g in enumerate(guids) if side[g] == "train"]
     val_idx = [i for i, g in enumerate(guids) if side[g] == "val"]
     return Labelled(guids, labels, split, train_idx, val_idx)
+
+
+def check_phase0_set(work_dir: Path, split: Split) -> None:
+    """The cleaned index and the split must be the ones phase 0's manifest recorded together: a set mixed from two
+    runs (one killed or refused halfway, or files copied by hand) is an error, not a model trained on the mix."""
+    from msa.io import file_sha256
+
+    manifest_path = Path(work_dir) / "phase0_manifest.json"
+    if not manifest_path.is_file():
+        log.warning("%s not found: cannot check that train_cleaned.txt and %s come from one phase-0 run",
+                    manifest_path, split.path.name)
+        return
+    import json
+
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise cli.UserError(f"{manifest_path} cannot be read ({exc}): rerun phase 0") from None
+    if not isinstance(manifest, dict):
+        raise cli.UserError(f"{manifest_path} is not phase 0's manifest (not a JSON object): rerun phase 0")
+    rerun = "rerun phase 0 (python phase0/data_cleaner.py --data-root DATA) so that they match"
+    want = manifest.get("train_cleaned_sha256")
+    cleaned = Path(work_dir) / "train_cleaned.txt"
+    if want and file_sha256(cleaned) != want:
+        raise cli.UserError(f"{cleaned} is not the file {manifest_path.name} recorded (another phase-0 run, or "
+                            f"edited): {rerun}")
+    want = (manifest.get("splits") or {}).get(split.name)
+    if want and split.sha256 != want:
+        raise cli.UserError(f"{split.path} is not the split {manifest_path.name} recorded (another phase-0 run, or "
+                            f"edited): {rerun}")
 
 
 def token_modalities(fusion: str) -> list[str]:

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,16 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from msa.cli import CACHE_ROOT, UserError
-from msa.data import load_image, normalize_text, read_text, validate_guid
+from msa.data import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    check_data_dir,
+    load_image,
+    normalize_text,
+    read_capped,
+    read_text,
+    validate_guid,
+)
 from msa.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -133,8 +143,8 @@ def image_content_key(data_dir: Path, guid: str) -> tuple[str, bytes | None]:
     if path is None:
         return PLACEHOLDER_KEY, None
     try:
-        data = path.read_bytes()
-    except OSError:
+        data, _ = read_capped(path, MAX_IMAGE_BYTES)
+    except OSError:  # unreadable, not a regular file, or over the size cap: the placeholder, as load_image says
         return PLACEHOLDER_KEY, None
     return (_sha(data), data) if data else (PLACEHOLDER_KEY, None)
 
@@ -143,8 +153,12 @@ def _decode(data_dir: Path, guid: str, data: bytes | None, size: int) -> Image.I
     """Decode for the backbone: JPEG at a reduced scale (still >= size), placeholders for broken files."""
     if data is not None:
         try:
-            img = Image.open(io.BytesIO(data))
-            if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below
+                img = Image.open(io.BytesIO(data))
+            if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+                img = None  # a decompression bomb: the robust loader below gives the placeholder, as phase 0 says
+            elif img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
                 img.draft("RGB", (size, size))
         except Exception:  # noqa: BLE001 - the robust loader below reports the reason
             img = None
@@ -296,8 +310,12 @@ def text_features_for(texts: Sequence[str], text_backbone, cache_dir: str | Path
 def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=None, image_backbone=None,
                      cache_dir: str | Path = DEFAULT_CACHE_DIR, tokens: bool | Sequence[str] = False,
                      batch_size: int = 32, progress: bool = True, accelerate: bool = True,
-                     image_view: str | None = None, decode_workers: int | None = None) -> FeatureSet:
+                     image_view: str | None = None, decode_workers: int | None = None,
+                     check_files: bool = True) -> FeatureSet:
     """Pooled (and with ``tokens`` also sequence) features of every guid, from the cache where possible.
+
+    ``check_files``: refuse (a clear error) a missing ``data_dir`` or one in which most guids have no file of a
+    modality asked for (:func:`msa.data.check_data_dir`); False only where absent files are meant (one post).
 
     ``tokens``: True for token/patch sequences of every modality, or the modality names that need them.
 
@@ -310,6 +328,8 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
     spare core, at most 4; 0: decode inline)."""
     data_dir = Path(data_dir)
     guids = list(guids)
+    if check_files:
+        check_data_dir(data_dir, guids, text=text_backbone is not None, image=image_backbone is not None)
     want = {"text", "image"} if tokens is True else set(tokens or ())
     groups = {m: bb for m, bb in (("text", text_backbone), ("image", image_backbone)) if hasattr(bb, "members")}
     if groups:  # backbone groups: each member on its own (and cached on its own), pooled vectors concatenated
@@ -319,10 +339,11 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
                             f"{groups[bad[0]].info.name}; use a pooled fusion (not cross_attention)")
         single = {m: bb for m, bb in (("text", text_backbone), ("image", image_backbone)) if m not in groups}
         fs = extract_features(guids, data_dir, single.get("text"), single.get("image"), cache_dir, tokens, batch_size,
-                              progress, accelerate, image_view, decode_workers)
+                              progress, accelerate, image_view, decode_workers, check_files=False)
         for m, group in groups.items():
             parts = [extract_features(guids, data_dir, *((bb, None) if m == "text" else (None, bb)), cache_dir,
-                                      False, batch_size, progress, accelerate, image_view, decode_workers)
+                                      False, batch_size, progress, accelerate, image_view, decode_workers,
+                                      check_files=False)
                      for bb in group.members]
             fs.pooled[m] = torch.cat([p.pooled[m] for p in parts], dim=1)
             fs.backbones[m] = _info_dict(group.info)

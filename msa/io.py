@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,91 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _temp_next_to(path: Path) -> Path:
+    """A new empty file named like :func:`atomic_path`'s temporaries (``.<name>.<random>.tmp``) next to ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not every file system (or OS) can fsync a folder; the renames are done either way
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_files(paths: Iterable[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Write several files as one unit: yield a temporary path next to each of ``paths`` (same order).
+
+    When the block returns, every temporary is fsynced, then renamed onto its final name in the order given, so
+    put a manifest that records the others' hashes last: it changes only once they all have. If the block
+    raises, nothing is renamed. If a rename fails, the files already replaced get their old contents back (from
+    hard-link, or copy, backups taken just before the renames). Either way the temporaries are removed and the
+    old files stay whole. Only a process killed during the renames themselves can leave a mix, which a reader
+    detects by comparing the files with the manifest's hashes. The temporaries and backups are named like
+    :func:`atomic_path`'s, so :func:`remove_stale_temps` cleans what a killed writer leaves.
+    """
+    import shutil
+
+    targets = [Path(p) for p in paths]
+    if len({os.path.abspath(t) for t in targets}) != len(targets):
+        raise ValueError("atomic_files: the same path is given twice")
+    temps: list[Path] = []
+    backups: dict[Path, Path | None] = {}  # final path -> backup of its old content (None: it did not exist)
+    kept: set[Path] = set()  # backups a failed restore still needs: never deleted
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temps.append(_temp_next_to(target))
+        yield list(temps)
+        for tmp in temps:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
+        for target in targets:
+            backup = None
+            if target.exists():
+                backup = _temp_next_to(target)
+                try:
+                    backup.unlink()
+                    os.link(target, backup)  # the old inode stays reachable after the rename
+                except OSError:
+                    shutil.copy2(target, backup)  # a file system without hard links
+            backups[target] = backup
+        replaced: list[Path] = []
+        try:
+            for target, tmp in zip(targets, temps):
+                os.replace(tmp, target)
+                replaced.append(target)
+        except BaseException:
+            for target in reversed(replaced):
+                backup = backups[target]
+                try:
+                    if backup is None:
+                        target.unlink(missing_ok=True)
+                    else:
+                        os.replace(backup, target)
+                except OSError as exc:
+                    if backup is not None:
+                        kept.add(backup)
+                    warnings.warn(f"could not restore {target} (its old content is in {backup}): {exc}",
+                                  RuntimeWarning, stacklevel=3)
+            raise
+        for folder in dict.fromkeys(t.parent for t in targets):
+            _fsync_dir(folder)
+    finally:
+        for p in [*temps, *(b for b in backups.values() if b is not None and b not in kept)]:
+            p.unlink(missing_ok=True)
 
 
 def remove_stale_temps(folder: str | os.PathLike, dir_prefixes: tuple[str, ...] = ()) -> int:

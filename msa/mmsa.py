@@ -13,13 +13,16 @@ plain containers needs (``numpy.ndarray``, ``numpy.dtype``, numpy's array/scalar
 ``frozenset`` / ``bytearray`` / ``complex`` / ``OrderedDict`` and a latin-1-only ``_codecs.encode`` that protocol-2
 pickles use for array bytes). Any other global is refused before it is looked up, with a message naming the file
 and the global, so nothing a hostile file names is imported or called. :func:`convert` writes a copy as
-``X.safetensors`` (every numeric array, key ``split/key``) + ``X.json`` (the string fields, the source's sha256),
-which :func:`read_raw` and :func:`load_mmsa` load without any unpickling.
+``X.safetensors`` (every numeric array, key ``split/key``) + ``X.json`` (the string fields, the arrays' names and
+shapes, the source's sha256), which :func:`read_raw` and :func:`load_mmsa` load without any unpickling; a copy whose
+JSON is not an object of that layout, lists arrays the safetensors file does not hold (or the reverse), records
+other shapes, or holds string lists of another length than the split is an :class:`MMSAFormatError` naming the file.
 
 Validation (:func:`load_mmsa`). A missing split or a missing ``text`` / ``audio`` / ``vision`` /
-``regression_labels`` is an :class:`MMSAFormatError` naming the split and the key; so are features that are not
-(N, L, D), feature widths that differ between splits, fields whose N differs within a split (every field and its N
-listed), labels that are not finite, and negative or non-integer lengths. Repairs are logged and recorded in
+``regression_labels`` is an :class:`MMSAFormatError` naming the split and the key; so are an empty split (no
+sample), features that are not (N, L, D) with L, D >= 1, feature widths that differ between splits, fields whose N
+differs within a split (every field and its N listed), labels that are not finite, and negative or non-integer
+lengths. Repairs are logged and recorded in
 :attr:`MMSAData.repairs`: NaN / +inf / -inf features (MOSI's audio has -inf) are replaced by 0 and counted, lengths
 longer than the sequence are clipped to it, missing ``*_lengths`` mean the full length, missing ids become
 ``<split>_<row>``, unusable unimodal labels are dropped. Text lengths come from ``text_bert``'s mask row when it is
@@ -141,6 +144,8 @@ def restricted_load(path: str | Path) -> Any:
     Raises :class:`UnsafePickleError` for any other global (nothing is imported or executed) and
     :class:`MMSAFormatError` when the file is missing or not a readable pickle."""
     path = Path(path)
+    if path.is_dir():
+        raise MMSAFormatError(f"{path} is a folder, not an MMSA feature file")
     if not path.is_file():
         raise MMSAFormatError(f"feature file not found: {path}")
     try:
@@ -215,16 +220,19 @@ def convert(path: str | Path, out: str | Path | None = None) -> tuple[Path, Path
     path = Path(path)
     if is_converted(path):
         raise MMSAFormatError(f"{path} is already a converted copy; --convert reads the MMSA pickle")
+    st_path, json_path = converted_paths(out if out is not None else path)
+    for p in (st_path, json_path):
+        if p.is_dir():
+            raise MMSAFormatError(f"cannot write the converted copy: {p} is a folder")
     raw = restricted_load(path)
     _check_top(raw, path)
-    st_path, json_path = converted_paths(out if out is not None else path)
     tensors: dict[str, np.ndarray] = {}
     meta: dict = {"format": CONVERTED_FORMAT, "source": path.name, "source_size": path.stat().st_size,
                   "source_sha256": file_sha256(path), "splits": {}, "skipped": []}
     for split in SPLITS:
         if split not in raw:
             continue
-        entry = {"arrays": [], "strings": {}}
+        entry = {"arrays": [], "strings": {}, "shapes": {}}
         for key, value in raw[split].items():
             key = str(key)
             numeric_array = isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
@@ -233,6 +241,7 @@ def convert(path: str | Path, out: str | Path | None = None) -> tuple[Path, Path
             if arr is not None:
                 tensors[f"{split}/{key}"] = np.ascontiguousarray(arr)
                 entry["arrays"].append(key)
+                entry["shapes"][key] = list(arr.shape)
             elif strings is not None:
                 entry["strings"][key] = strings
             else:
@@ -246,32 +255,113 @@ def convert(path: str | Path, out: str | Path | None = None) -> tuple[Path, Path
     return st_path, json_path
 
 
+def _json_type(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _damaged(json_path: Path, what: str) -> MMSAFormatError:
+    return MMSAFormatError(f"{json_path}: {what}; the converted copy is damaged or was edited (run --convert on the "
+                           "pickle again)")
+
+
+def _check_regular_file(p: Path) -> None:
+    if p.is_dir():
+        raise MMSAFormatError(f"{p} is a folder, not a file of a converted copy")
+    if not p.is_file():
+        raise MMSAFormatError(f"converted copy incomplete: {p} not found (run --convert on the pickle again)")
+
+
 def _read_converted(path: Path) -> dict:
+    """The dict of splits of a converted copy. The JSON is checked against the safetensors file before it is used:
+    an object with this project's ``format`` and a ``splits`` object of ``{"arrays": [keys], "strings": {key: [N
+    strings]}, "shapes": {key: [dims]}}`` (``shapes``: copies written before it existed have none), the arrays it
+    lists are exactly the tensors of the safetensors file, with those shapes, and every string list holds one
+    string per sample. Anything else is an :class:`MMSAFormatError` naming the file and what is wrong."""
+    from safetensors import safe_open
     from safetensors.numpy import load_file
 
     st_path, json_path = converted_paths(path)
     for p in (st_path, json_path):
-        if not p.is_file():
-            raise MMSAFormatError(f"converted copy incomplete: {p} not found (run --convert on the pickle again)")
+        _check_regular_file(p)
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MMSAFormatError(f"{json_path} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != CONVERTED_FORMAT:
+    except (OSError, ValueError, RecursionError) as exc:  # truncated, not UTF-8, nested too deep
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise MMSAFormatError(f"{json_path} is not valid JSON ({detail}); run --convert on the pickle again") from None
+    if not isinstance(meta, dict):
+        raise _damaged(json_path, f"expected a JSON object, got {_json_type(meta)}")
+    if meta.get("format") != CONVERTED_FORMAT:
         raise MMSAFormatError(f"{json_path} is not a converted MMSA file of this project "
-                              f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
+                              f"(format {meta.get('format')!r}, expected {CONVERTED_FORMAT!r})")
+    splits = meta.get("splits")
+    if not isinstance(splits, dict):
+        raise _damaged(json_path, "'splits' must be an object of split -> {arrays, strings}, got "
+                                  + ("nothing" if "splits" not in meta else _json_type(splits)))
     try:
+        with safe_open(str(st_path), framework="numpy") as fh:
+            st_meta = fh.metadata() or {}
         arrays = load_file(str(st_path))
+    except MemoryError:
+        raise MMSAFormatError(f"{st_path}: not enough memory to load the file") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file is a user-facing condition
-        raise MMSAFormatError(f"{st_path} could not be read: {exc}") from None
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise MMSAFormatError(f"{st_path} could not be read ({detail}): truncated or not a safetensors file; run "
+                              "--convert on the pickle again") from None
+    if st_meta.get("format") != CONVERTED_FORMAT:
+        raise MMSAFormatError(f"{st_path} is not the safetensors file of a converted MMSA copy (format "
+                              f"{st_meta.get('format')!r}, expected {CONVERTED_FORMAT!r})")
     raw: dict = {}
-    for split, entry in (meta.get("splits") or {}).items():
-        d = raw.setdefault(split, {})
-        for key, values in (entry.get("strings") or {}).items():
+    listed: set[str] = set()
+    for split, entry in splits.items():
+        where = f"split {split!r}"
+        if split not in SPLITS:
+            raise _damaged(json_path, f"unknown {where} (a converted copy has {', '.join(SPLITS)})")
+        if not isinstance(entry, dict):
+            raise _damaged(json_path, f"{where} must be an object, got {_json_type(entry)}")
+        for key, kind in (("arrays", list), ("strings", dict)):
+            if key not in entry:
+                raise _damaged(json_path, f"{where} has no {key!r}")
+            if not isinstance(entry[key], kind):
+                raise _damaged(json_path, f"{where}: {key!r} must be {_json_type(kind())}, got "
+                                          f"{_json_type(entry[key])}")
+        names = entry["arrays"]
+        if not all(isinstance(k, str) for k in names) or len(set(names)) != len(names):
+            raise _damaged(json_path, f"{where}: 'arrays' must list distinct key names")
+        d: dict = {}
+        for key in names:
+            name = f"{split}/{key}"
+            if name not in arrays:
+                raise _damaged(json_path, f"{where} lists the array {key!r}, which {st_path.name} does not hold")
+            d[key] = arrays[name]
+            listed.add(name)
+        shapes = entry.get("shapes")
+        if shapes is not None:
+            if not isinstance(shapes, dict):
+                raise _damaged(json_path, f"{where}: 'shapes' must be an object, got {_json_type(shapes)}")
+            for key, shape in shapes.items():
+                if key not in d:
+                    raise _damaged(json_path, f"{where}: 'shapes' names {key!r}, which is not one of its arrays")
+                if list(d[key].shape) != shape:
+                    raise _damaged(json_path, f"{where}: {key!r} has shape {list(d[key].shape)} in {st_path.name} "
+                                              f"but {shape} in the JSON")
+        n = int(d[LABEL_KEY].shape[0]) if LABEL_KEY in d and d[LABEL_KEY].ndim else None
+        for key, values in entry["strings"].items():
+            if key in d:
+                raise _damaged(json_path, f"{where}: {key!r} is both an array and a list of strings")
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise _damaged(json_path, f"{where}: strings {key!r} must be an array of strings, got "
+                                          f"{_json_type(values)}" + ("" if not isinstance(values, list) else
+                                                                     " holding other values"))
+            if n is not None and len(values) != n:
+                raise _damaged(json_path, f"{where}: strings {key!r} hold {len(values)} values but the split has "
+                                          f"{n} samples ({LABEL_KEY} in {st_path.name})")
             d[key] = list(values)
-    for name, arr in arrays.items():
-        split, _, key = name.partition("/")
-        raw.setdefault(split, {})[key] = arr
+        raw[split] = d
+    unlisted = sorted(set(arrays) - listed)
+    if unlisted:
+        raise _damaged(json_path, f"{st_path.name} holds arrays the JSON does not list: "
+                                  f"{', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}")
     return raw
 
 
@@ -372,6 +462,12 @@ def _validate_split(raw: dict, split: str, source: str, modalities: tuple[str, .
             shape = getattr(arr if arr is not None else d[m], "shape", None)
             raise MMSAFormatError(f"{where}: {m!r} must be a numeric array (N, L, D), got "
                                   f"{type(d[m]).__name__} of shape {shape}")
+        if arr.shape[0] == 0:
+            raise MMSAFormatError(f"{where} is empty ({m!r} has shape {arr.shape}: no sample): training, model "
+                                  "selection and the test each need samples in train, valid and test")
+        if arr.shape[1] == 0 or arr.shape[2] == 0:
+            raise MMSAFormatError(f"{where}: {m!r} has shape {arr.shape}: every sample needs at least one frame "
+                                  "(L >= 1) of at least one value (D >= 1)")
         arr = arr.astype(np.float32, copy=arr.dtype != np.float32)
         if not arr.flags.writeable or not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr).copy()
@@ -423,13 +519,12 @@ def _validate_split(raw: dict, split: str, source: str, modalities: tuple[str, .
         if raw_len is None:
             length = np.full(n, seq_len, dtype=np.int64)
         else:
-            length = raw_len.astype(np.int64)
-            long = length > seq_len
+            long = raw_len > seq_len  # compared before the cast: a huge length must not wrap around in int64
             if long.any():
                 _repair(repairs, source, split, key or "text_bert",
                         f"{int(long.sum())} lengths longer than the sequence ({seq_len}) clipped to it",
                         int(long.sum()))
-                length = np.minimum(length, seq_len)
+            length = np.minimum(raw_len, seq_len).astype(np.int64)
         if (length == 0).any():
             log.info("%s: %d %s sequences have length 0 (treated as one padding frame)", where,
                      int((length == 0).sum()), m)

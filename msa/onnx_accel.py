@@ -40,6 +40,29 @@ def _export(backbone, path: Path) -> None:
                                         "patches": {0: "batch"}})
 
 
+#: a temporary export older than this is a killed run's leftover (an export takes a few seconds)
+STALE_TEMP_SECONDS = 60.0
+
+
+def remove_stale_exports(folder: Path, older_than: float = STALE_TEMP_SECONDS) -> int:
+    """Delete the ``.<name>.onnx.*.tmp`` files a killed export left in ``folder`` (the cache is shared by
+    processes, so only temporaries older than ``older_than`` seconds, which no live export still writes)."""
+    import time
+
+    n = 0
+    now = time.time()
+    for tmp in Path(folder).glob(".*.onnx.*.tmp") if Path(folder).is_dir() else ():
+        try:
+            if now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+                n += 1
+        except OSError:
+            continue
+    if n:
+        log.info("removed %d temporary ONNX export(s) left by an interrupted run in %s", n, folder)
+    return n
+
+
 def fast_image_forward(backbone, cache_dir: str | Path) -> Callable[[torch.Tensor], tuple]:
     """A function ``pixel_values -> (pooled, patches)`` equal to ``backbone(...)``, in onnxruntime when possible."""
     from msa.backbones import TimmImageBackbone
@@ -51,6 +74,7 @@ def fast_image_forward(backbone, cache_dir: str | Path) -> Callable[[torch.Tenso
     except ImportError:
         return backbone
     path = Path(cache_dir) / "onnx" / f"{backbone.info.key()}.onnx"
+    remove_stale_exports(path.parent)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, torch.get_num_threads())
     opts.log_severity_level = 3

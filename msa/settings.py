@@ -5,6 +5,7 @@ Resolution: built-in defaults < a base (e.g. phase 2's ``best_config.json``) < `
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -47,25 +48,27 @@ def add_model_args(p, fusion: bool = True, loss: bool = True) -> None:
     m.add_argument("--side-features", default=None, metavar="LIST",
                    help=SIDE_HELP + " (imputed, flagged and standardised with training-split statistics saved in the "
                         "checkpoint; default: none, or what phase 2's best_config.json chose)")
-    m.add_argument("--hidden", type=int, default=None,
+    m.add_argument("--hidden", type=cli.positive_int, default=None,
                    help=f"projection width per modality (default {DEFAULTS['hidden']})")
-    m.add_argument("--dropout", type=float, default=None,
+    m.add_argument("--dropout", type=cli.fraction, default=None,
                    help=f"dropout in projections and head (default {DEFAULTS['dropout']})")
 
 
 def add_training_args(p, seeds: str = "42", resume: bool = True) -> None:
     t = p.add_argument_group("training")
-    t.add_argument("--learning-rate", type=float, default=None,
+    t.add_argument("--learning-rate", type=cli.positive_float, default=None,
                    help=f"AdamW learning rate (default {DEFAULTS['learning_rate']})")
-    t.add_argument("--weight-decay", type=float, default=None,
+    t.add_argument("--weight-decay", type=cli.non_negative_float, default=None,
                    help=f"AdamW weight decay (default {DEFAULTS['weight_decay']})")
-    t.add_argument("--num-epochs", type=int, default=None, help=f"maximum epochs (default {DEFAULTS['num_epochs']})")
-    t.add_argument("--batch-size", type=int, default=None, help=f"batch size (default {DEFAULTS['batch_size']})")
-    t.add_argument("--warmup-ratio", type=float, default=None,
+    t.add_argument("--num-epochs", type=cli.positive_int, default=None,
+                   help=f"maximum epochs (default {DEFAULTS['num_epochs']})")
+    t.add_argument("--batch-size", type=cli.positive_int, default=None,
+                   help=f"batch size (default {DEFAULTS['batch_size']})")
+    t.add_argument("--warmup-ratio", type=cli.fraction, default=None,
                    help=f"share of steps with linear warm-up (default {DEFAULTS['warmup_ratio']})")
     t.add_argument("--scheduler", default=None, choices=["cosine", "linear", "constant"],
                    help="learning-rate schedule after warm-up (default cosine)")
-    t.add_argument("--patience", type=int, default=None,
+    t.add_argument("--patience", type=cli.non_negative_int, default=None,
                    help="stop after this many epochs without a better validation weighted F1 "
                         f"(default {DEFAULTS['patience']}; 0 = never)")
     t.add_argument("--seeds", default=seeds, help="comma-separated seeds; one run per seed")
@@ -97,15 +100,36 @@ def resolve(args, base: dict | None = None) -> dict:
     layers = [base or {}]
     if getattr(args, "preset", None):
         layers.append(read_json_file(args.preset, "preset"))
-    for layer in layers:
+    sources = ["the settings it starts from"] + ([f"preset {args.preset}"] if getattr(args, "preset", None) else [])
+    for layer, source in zip(layers, sources):
         for k, v in layer.items():
             k = _ALIASES.get(k, k)
             if k in settings:
-                settings[k] = v
+                settings[k] = check_value(k, v, source)
     for k in settings:
         if getattr(args, k, None) is not None:
             settings[k] = getattr(args, k)
     return settings
+
+
+#: the range of each numeric setting (the same checks as its flag)
+_VALUE_CHECKS = {"learning_rate": cli.positive_float, "weight_decay": cli.non_negative_float,
+                 "dropout": cli.fraction, "num_epochs": cli.positive_int, "batch_size": cli.positive_int,
+                 "hidden": cli.positive_int, "warmup_ratio": cli.fraction, "patience": cli.non_negative_int}
+
+
+def check_value(key: str, value, source: str):
+    """``value`` of setting ``key`` from a preset or a base file, checked as its flag would be."""
+    check = _VALUE_CHECKS.get(key)
+    if check is None or value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise cli.UserError(f"{source}: {key} must be a number, got {value!r}")
+    try:
+        return check(str(int(value)) if check in (cli.positive_int, cli.non_negative_int)
+                     and isinstance(value, float) and value.is_integer() else str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise cli.UserError(f"{source}: {key} {exc}") from None
 
 
 def parse_seeds(text: str) -> list[int]:

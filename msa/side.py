@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from msa.cli import UserError
-from msa.data import find_image, load_image, read_text, validate_guid
+from msa.data import MAX_IMAGE_BYTES, find_image, load_image, read_capped, read_text, validate_guid
 from msa.features import DEFAULT_CACHE_DIR, FeatureSet
 from msa.fusions import SIDE
 from msa.io import atomic_path
@@ -199,7 +199,7 @@ def _computed(feature: SideFeature, guids: Sequence[str], data_dir: Path, cache_
         else:
             path = None if validate_guid(guid) else find_image(data_dir, guid)
             try:
-                key = _sha(path.read_bytes()) if path is not None else None
+                key = _sha(read_capped(path, MAX_IMAGE_BYTES)[0]) if path is not None else None
             except OSError:
                 key = None
             if key is None:

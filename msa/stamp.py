@@ -59,7 +59,9 @@ def inputs_of(args: Mapping | object, files: Iterable[str | Path] = (), code: It
               extra: Mapping | None = None, ignore: Iterable[str] = ()) -> dict:
     """The inputs of a phase: its arguments (less the volatile ones), the sha256 of each file (``None`` when
     missing), the code hash, and anything else in ``extra``."""
-    raw = dict(vars(args)) if not isinstance(args, Mapping) else dict(args)
+    from msa.cli import args_record
+
+    raw = args_record(dict(vars(args)) if not isinstance(args, Mapping) else dict(args))  # no secret in a stamp
     skip = set(VOLATILE_ARGS) | set(ignore)
     arguments = {k: _jsonable(v) for k, v in sorted(raw.items()) if k not in skip}
     hashed = {}
@@ -122,9 +124,14 @@ def listing_digest(folder: str | Path) -> str:
     folder = Path(folder)
     if folder.is_dir():
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if entry.is_file():
+            try:
+                if not entry.is_file():
+                    continue
                 st = entry.stat()
-                h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:  # a symlink loop or a dangling name: listed as such, read by nobody
+                h.update(f"{entry.name}\0unreadable\n".encode())
+                continue
+            h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 

@@ -12,12 +12,22 @@ Writes under --work-dir (default: the project's dataset/ folder):
     data_audit.csv         guid,reason,label,detail,action,source: every problem found and what was done
     data_inventory.csv     one row per guid (train and test): text encoding, image format/size, hashes
     splits/default.csv     guid,split (train/val), stratified, seeded; splits/cv{K}-{i}.csv with --folds K
-    phase0_manifest.json   inputs (paths, sha256), arguments, counts, timings
+    phase0_manifest.json   inputs (paths, sha256), arguments, counts, timings, and the sha256 of each file above
+
+These files are one set, written as a unit: everything is computed and checked first (an existing split file that
+differs from the new one is refused before anything is written), then all files go to temporaries that are renamed
+into place, phase0_manifest.json last. A refused or failed run leaves the previous set whole; later phases compare
+the files they read with the manifest's hashes.
+
+The up-to-date check hashes the two index files, but fingerprints the data folder by file names, sizes and
+modification times only (no contents are read): a data file edited in place that keeps its size and mtime is not
+noticed, so pass --force after such an edit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
 import time
@@ -33,24 +43,26 @@ from msa import cli, stamp  # noqa: E402
 from msa.data import (  # noqa: E402
     AUDIT_COLUMNS,
     LABELS,
+    TRUNCATED_DETAIL,
     Problem,
     dedup_key,
     load_image,
     read_index,
     read_text,
 )
-from msa.io import file_sha256, write_csv, write_json, write_text  # noqa: E402
+from msa.io import atomic_files, file_sha256, remove_stale_temps  # noqa: E402
 from msa.splits import (  # noqa: E402
     load_split,
     split_path,
     stratified_folds,
     stratified_holdout,
-    write_split,
 )
 
 log = logging.getLogger("phase0.cleaner")
 
 TEXT_REASONS = {"missing": "missing_text", "empty": "empty_text", "bad_guid": "bad_guid"}
+#: the hand-off files directly under --work-dir (the splits are under splits/), manifest last
+HANDOFF_FILES = ("data_inventory.csv", "data_audit.csv", "train_cleaned.txt", "phase0_manifest.json")
 IMAGE_REASONS = {"missing": "missing_image", "empty_file": "empty_image_file", "truncated": "truncated_image",
                  "undecodable": "undecodable_image", "decompression_bomb": "decompression_bomb",
                  "bad_guid": "bad_guid"}
@@ -69,11 +81,12 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--test-index", type=Path, default=None,
                    help="unlabelled index (default <data-root>/test_without_label.txt; optional)")
     p.add_argument("--data-dir", type=Path, default=None, help="folder of {guid}.jpg/.txt (default <data-root>/data)")
-    p.add_argument("--val-ratio", type=float, default=0.1, help="validation share of the stratified hold-out split")
+    p.add_argument("--val-ratio", type=cli.open_fraction, default=0.1,
+                   help="validation share of the stratified hold-out split")
     p.add_argument("--seed", type=int, default=42, help="seed of the split and the folds")
-    p.add_argument("--folds", type=int, default=5,
+    p.add_argument("--folds", type=cli.non_negative_int, default=5,
                    help="also write K stratified folds as splits cv{K}-0 .. cv{K}-{K-1} (0 = none)")
-    p.add_argument("--phash-threshold", type=int, default=4,
+    p.add_argument("--phash-threshold", type=cli.non_negative_int, default=4,
                    help="max Hamming distance (of 64 bits) between perceptual hashes for two images to be the same")
     p.add_argument("--keep-partial", action="store_true",
                    help="keep labelled rows whose image or text is unusable (with a placeholder) instead of "
@@ -82,7 +95,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="recompute even when up to date with the inputs of the last finished run, and overwrite "
                         "existing split files made from a different cleaned set or with other settings (this "
-                        "changes the validation set every later phase reports on)")
+                        "changes the validation set every later phase reports on). The check hashes the index "
+                        "files but fingerprints the data folder by file names, sizes and modification times, not "
+                        "contents: after editing a data file in place with its size and mtime kept, pass --force")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -118,6 +133,8 @@ def sample_problems(row: dict, label: str, source: str, labelled: bool, keep_par
         return out  # already audited by the index reader
     if not text_ok:
         out.append(Problem(row["guid"], TEXT_REASONS[row["text_status"]], label, row["text_detail"], action, source))
+    elif TRUNCATED_DETAIL in row["text_detail"]:  # longer than MAX_TEXT_BYTES: its start is used
+        out.append(Problem(row["guid"], "text_truncated", label, row["text_detail"], "kept", source))
     elif row["text_repaired"]:
         out.append(Problem(row["guid"], "text_repaired", label, row["text_detail"], "repaired", source))
     elif "replaced" in row["text_detail"]:
@@ -203,27 +220,66 @@ def image_groups(kept: pd.DataFrame, threshold: int) -> list[int]:
     return group
 
 
-def make_splits(args, work_dir: Path, cleaned: pd.DataFrame, groups: list[int]) -> dict[str, str]:
+def plan_splits(args, cleaned: pd.DataFrame, groups: list[int]) -> dict[str, pd.DataFrame]:
+    """Every split these settings produce (guid,split frames), by name: ``default`` and the ``cv{K}-{i}`` folds."""
     guids, labels = cleaned["guid"].tolist(), cleaned["tag"].tolist()
     wanted = {"default": stratified_holdout(guids, labels, args.val_ratio, args.seed, groups)}
     if args.folds:
         for i, fold in enumerate(stratified_folds(guids, labels, args.folds, args.seed, groups)):
             wanted[f"cv{args.folds}-{i}"] = fold
-    hashes = {}
+    return {name: frame[["guid", "split"]] for name, frame in wanted.items()}
+
+
+def check_splits(args, work_dir: Path, wanted: dict[str, pd.DataFrame]) -> None:
+    """Refuse (before anything is written) when an existing split file differs from the one computed now."""
+    if args.force:
+        return
     for name, frame in wanted.items():
         path = split_path(work_dir, name)
-        if path.is_file() and not args.force:
-            old = load_split(work_dir, name).frame
-            same = (set(old["guid"]) == set(frame["guid"])
-                    and old.set_index("guid")["split"].to_dict() == frame.set_index("guid")["split"].to_dict())
-            if not same:
-                raise cli.UserError(
-                    f"{path} exists and differs from the split these settings produce (a different cleaned set, "
-                    "seed, ratio or folds). Every later phase reports on it, so it is not replaced silently: "
-                    "pass --force to overwrite it, or --work-dir to write elsewhere.")
-        write_split(frame, work_dir, name)
-        hashes[name] = file_sha256(path)
-    return hashes
+        if not path.is_file():
+            continue
+        old = load_split(work_dir, name).frame
+        same = (set(old["guid"]) == set(frame["guid"])
+                and old.set_index("guid")["split"].to_dict() == frame.set_index("guid")["split"].to_dict())
+        if not same:
+            raise cli.UserError(
+                f"{path} exists and differs from the split these settings produce (a different cleaned set, "
+                "seed, ratio or folds). Every later phase reports on it, so it is not replaced silently: "
+                "pass --force to overwrite it, or --work-dir to write elsewhere. Nothing was written.")
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    frame.to_csv(path, index=False, lineterminator="\n")  # the format of msa.io.write_csv / msa.splits.write_split
+
+
+def write_handoff(work_dir: Path, inventory: pd.DataFrame, audit: pd.DataFrame, cleaned: pd.DataFrame,
+                  splits: dict[str, pd.DataFrame], make_manifest) -> list[Path]:
+    """Write the hand-off set as one unit (see :func:`msa.io.atomic_files`): inventory, audit, cleaned index,
+    splits, then the manifest, whose rename comes last. ``make_manifest(hashes)`` returns the manifest given the
+    sha256 of the other files (``train_cleaned_sha256``, ``audit_sha256``, ``inventory_sha256``, ``splits``).
+    Returns the paths written, manifest last."""
+    inv, aud, cln, man = (work_dir / name for name in HANDOFF_FILES)
+    spl = {name: split_path(work_dir, name) for name in splits}
+    targets = [inv, aud, cln, *spl.values(), man]
+    with atomic_files(targets) as temps:
+        tmp = dict(zip(targets, temps))
+        _write_csv(tmp[inv], inventory)
+        _write_csv(tmp[aud], audit)
+        tmp[cln].write_text("guid,tag\n" + "".join(f"{g},{t}\n" for g, t in cleaned[["guid", "tag"]].values),
+                            encoding="utf-8")
+        for name, frame in splits.items():
+            _write_csv(tmp[spl[name]], frame)
+        manifest = make_manifest({"train_cleaned_sha256": file_sha256(tmp[cln]),
+                                  "audit_sha256": file_sha256(tmp[aud]),
+                                  "inventory_sha256": file_sha256(tmp[inv]),
+                                  "splits": {name: file_sha256(tmp[p]) for name, p in spl.items()}})
+        tmp[man].write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n",
+                            encoding="utf-8")  # the format of msa.io.write_json
+    others = sorted(set((work_dir / "splits").glob("*.csv")) - set(spl.values()))
+    if others:
+        log.warning("%s also holds %s, not made by this run and not in %s", work_dir / "splits",
+                    ", ".join(p.name for p in others), man.name)
+    return targets
 
 
 def main(argv=None) -> int:
@@ -246,6 +302,10 @@ def main(argv=None) -> int:
     if stamp.check(stamp_path, inputs, args.force, "phase 0 cleaning"):
         print(f"phase 0 cleaning: up to date ({work_dir}); --force recomputes")
         return 0
+    for name in HANDOFF_FILES:  # what a killed earlier run left (only phase 0's own temporaries)
+        for leftover in work_dir.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+    remove_stale_temps(work_dir / "splits")
 
     train = read_index(train_index, labelled=True)
     problems: list[Problem] = list(train.problems)
@@ -288,17 +348,18 @@ def main(argv=None) -> int:
         n_dups = len(drop)
         kept = kept.drop(index=sorted(drop)).reset_index(drop=True)
     if kept.empty:
-        raise cli.UserError(f"no labelled row of {train_index} survived cleaning; see {work_dir / 'data_audit.csv'}")
+        reasons = pd.Series([pr.reason for pr in problems if pr.source == src], dtype=object).value_counts()
+        raise cli.UserError(f"no labelled row of {train_index} survived cleaning ("
+                            + (", ".join(f"{k} {v}" for k, v in reasons.head(5).items()) or "no rows")
+                            + "); nothing was written")
 
     inventory = pd.concat(frames, ignore_index=True).drop(columns=["text_key", "usable"])
     audit = pd.DataFrame([p.as_dict() for p in problems], columns=AUDIT_COLUMNS)
     cleaned = kept[["guid", "tag"]]
-    write_csv(work_dir / "data_inventory.csv", inventory)
-    write_csv(work_dir / "data_audit.csv", audit)
-    write_text(work_dir / "train_cleaned.txt", "guid,tag\n" + "".join(f"{g},{t}\n" for g, t in cleaned.values))
     groups = image_groups(kept, args.phash_threshold)
-    split_hashes = make_splits(args, work_dir, cleaned, groups)
-    split = load_split(work_dir, "default")
+    splits = plan_splits(args, cleaned, groups)
+    check_splits(args, work_dir, splits)  # a refusal comes before anything is written
+    default = splits["default"]["split"]
 
     removed = audit[audit["action"].isin(["removed", "skipped"]) & (audit["source"] == src)]
     summary = {
@@ -311,23 +372,25 @@ def main(argv=None) -> int:
         "test_rows_with_placeholders": int(audit.loc[(audit["action"] == "placeholder")
                                                    & (audit["source"] != src), "guid"].nunique()),
         "label_counts": {lab: int((cleaned["tag"] == lab).sum()) for lab in LABELS},
-        "split_sizes": {"train": len(split.train), "val": len(split.val)},
+        "split_sizes": {"train": int((default == "train").sum()), "val": int((default == "val").sum())},
         "encodings": {k: int(v) for k, v in inventory["text_encoding"].replace("", "none").value_counts().items()},
     }
-    manifest = {
+    head = {
         "data_root": str(data_root.resolve()), "data_dir": str(Path(data_dir).resolve()),
         "train_index": {"path": str(Path(train_index).resolve()), "sha256": file_sha256(train_index)},
         "test_index": ({"path": str(Path(test_index).resolve()), "sha256": file_sha256(test_index)}
                        if test is not None else None),
-        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "train_cleaned_sha256": file_sha256(work_dir / "train_cleaned.txt"),
-        "splits": split_hashes, "summary": summary,
-        "seconds": round(time.time() - t0, 2),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "arguments": cli.args_record(args),
     }
-    write_json(work_dir / "phase0_manifest.json", manifest)
-    stamp.write(stamp_path, inputs, [work_dir / "phase0_manifest.json", work_dir / "train_cleaned.txt",
-                                     *(split_path(work_dir, n) for n in split_hashes)])
+    manifest: dict = {}
+
+    def make_manifest(hashes: dict) -> dict:
+        manifest.update(head, **hashes, summary=summary, seconds=round(time.time() - t0, 2),
+                        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        return manifest
+
+    written = write_handoff(work_dir, inventory, audit, cleaned, splits, make_manifest)
+    stamp.write(stamp_path, inputs, [written[-1], *written[:-1]])
     print_summary(summary, work_dir, manifest["seconds"])
     return 0
 

@@ -39,7 +39,7 @@ def build_parser() -> cli.ArgumentParser:
     add_training_args(p)
     o = p.add_argument_group("features and output")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
-    o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where run folders go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where summary figures go")
     o.add_argument("--no-probe", action="store_true", help="skip the logistic-regression reference probe")
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir,
                            token_modalities(s["feature_fusion"]),
                            args.feature_batch_size, side=s["side_features"])
-    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
+    record = cli.args_record(args) | {"resolved": s}
     runs = []
     for seed in seeds:
         cfg = train_config(s, seed, args.mixed_precision)

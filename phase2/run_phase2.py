@@ -41,9 +41,10 @@ def build_parser() -> cli.ArgumentParser:
     add_model_args(p, fusion=False)
     add_training_args(p, seeds="42,43,44", resume=False)
     o = p.add_argument_group("execution and output")
-    o.add_argument("--jobs", type=int, default=2, help="training processes in parallel (one torch thread each)")
+    o.add_argument("--jobs", type=cli.positive_int, default=2,
+                   help="training processes in parallel (one torch thread each)")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
-    o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the chart goes")
     stamp.add_force_arg(o)
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     tokens = sorted({m for f in fusions for m in token_modalities(f)})
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
                            args.feature_batch_size, side=s["side_features"])
-    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resolved": s}
+    record = cli.args_record(args) | {"resolved": s}
     # the slowest fusions first, so that parallel workers finish together
     order = sorted(fusions, key=lambda f: (f not in ("cross_attention", "encoder"), fusions.index(f)))
     specs = [RunSpec(args.results_dir / "runs" / f"{f}-s{seed}", {**s, "feature_fusion": f}, seed, tag=f,

@@ -44,7 +44,8 @@ def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
     cli.add_data_args(p)
     s = p.add_argument_group("search")
-    s.add_argument("--n-trials", type=int, default=50, help="finished trials the study should have in total")
+    s.add_argument("--n-trials", type=cli.positive_int, default=50,
+                   help="finished trials the study should have in total")
     s.add_argument("--storage", default=None,
                    help="SQLAlchemy database URL (default sqlite:///<results-dir>/optuna.db)")
     s.add_argument("--study-name", default=None,
@@ -52,8 +53,9 @@ def build_parser() -> cli.ArgumentParser:
                         "--search-fusion, so that a study never mixes trials of different fixed fusions)")
     s.add_argument("--search-fusion", action="store_true",
                    help="also search the fusion (default: keep the fusion of best_config.json, else concat)")
-    s.add_argument("--jobs", type=int, default=2, help="local worker processes on the same study")
-    s.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
+    s.add_argument("--jobs", type=cli.positive_int, default=2, help="local worker processes on the same study")
+    s.add_argument("--timeout", type=cli.positive_float, default=None,
+                   help="stop starting new trials after this many seconds")
     s.add_argument("--best-config", type=Path, default=PHASE_DIR / "results" / "best_config.json",
                    help="best_config.json of the fusion search: the starting point, updated at the end")
     s.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
@@ -193,8 +195,6 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
-    if args.n_trials < 1:
-        raise cli.UserError("--n-trials must be at least 1")
     # run_phase2's stamp stands for the best_config.json it wrote (this search then updates that file)
     stamp_path = args.results_dir / "inputs_search.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)

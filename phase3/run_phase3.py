@@ -82,13 +82,13 @@ def build_parser() -> cli.ArgumentParser:
                    choices=["inverse", "effective_number"],
                    help="weighted_ce class weights: inverse frequency (1/n_c)^weight_power, or Cui et al.'s "
                         "effective number (1 - cb_beta) / (1 - cb_beta^n_c); both normalised to mean 1")
-    w.add_argument("--weight-power", type=float, default=_default("weighted_ce", "weight_power"),
+    w.add_argument("--weight-power", type=cli.non_negative_float, default=_default("weighted_ce", "weight_power"),
                    help="exponent of inverse-frequency weights (weighted_ce, focal --focal-alpha counts, acb "
                         "--acb-class-balance inverse); 0.5 = square root")
     w.add_argument("--cb-beta", type=float, default=_default("weighted_ce", "cb_beta"),
                    help="beta of effective-number weights (weighted_ce, acb --acb-class-balance effective_number)")
     f = p.add_argument_group("focal")
-    f.add_argument("--focal-gamma", type=float, default=_default("focal", "gamma"),
+    f.add_argument("--focal-gamma", type=cli.non_negative_float, default=_default("focal", "gamma"),
                    help="focusing exponent gamma of (1 - p_t)^gamma")
     f.add_argument("--focal-alpha", default="none", choices=["none", "counts"],
                    help="focal class weights: none, or inverse-frequency weights from the training counts")
@@ -103,17 +103,17 @@ def build_parser() -> cli.ArgumentParser:
     a.add_argument("--acb-alpha", type=float, default=_default("acb", "alpha"), help="weight of the focal term")
     a.add_argument("--acb-beta", type=float, default=_default("acb", "beta"),
                    help="weight of the boundary term (0 = none)")
-    a.add_argument("--acb-momentum", type=float, default=_default("acb", "momentum"),
+    a.add_argument("--acb-momentum", type=cli.fraction, default=_default("acb", "momentum"),
                    help="momentum of the running difficulty d_c (0 = the per-batch statistic of the report)")
     a.add_argument("--acb-class-balance", default="none", choices=["none", "inverse", "effective_number"],
                    help="also multiply w_c by count-based weights (--weight-power / --cb-beta)")
 
     o = p.add_argument_group("execution and output")
-    o.add_argument("--jobs", type=int, default=2,
+    o.add_argument("--jobs", type=cli.positive_int, default=2,
                    help="training processes in parallel (one torch thread each); 1 = in this process")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
-    o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
-    o.add_argument("--reliability-bins", type=int, default=15,
+    o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--reliability-bins", type=cli.positive_int, default=15,
                    help="equal-width confidence bins of the reliability diagrams (the ECE uses 15)")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the figures go")
@@ -268,10 +268,6 @@ def main(argv=None) -> int:
     losses = parse_list(args.losses, list(LOSSES), "--losses")
     samplers = parse_list(args.samplers, list(SAMPLERS), "--samplers")
     seeds = parse_seeds(args.seeds)
-    if args.jobs < 1:
-        raise cli.UserError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.reliability_bins < 1:
-        raise cli.UserError(f"--reliability-bins must be >= 1, got {args.reliability_bins}")
     stamp_path = args.results_dir / "inputs.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
                              + [Path(args.best_config)] + ([Path(args.preset)] if args.preset else []),
@@ -295,7 +291,7 @@ def main(argv=None) -> int:
     tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir,
                            token_modalities(s["feature_fusion"]), args.feature_batch_size, side=s["side_features"])
-    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    record = cli.args_record(args)
     record |= {"resolved": s, "started_from": start}
     methods = [(loss, sampler) for loss in losses for sampler in samplers]
     specs = [RunSpec(args.results_dir / "runs" / f"{loss}-{sampler}-s{seed}",

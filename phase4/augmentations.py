@@ -30,7 +30,7 @@ def add_captioner_args(p) -> None:
     g.add_argument("--captioner", default="imagenet", choices=CAPTIONERS,
                    help="imagenet: offline, the image backbone's top ImageNet classes; openai: an "
                         "OpenAI-compatible vision-language chat endpoint")
-    g.add_argument("--top-k", type=int, default=3, help="imagenet captioner: how many class names")
+    g.add_argument("--top-k", type=cli.positive_int, default=3, help="imagenet captioner: how many class names")
     g.add_argument("--vlm-base-url", default=DEFAULT_VLM_BASE_URL,
                    help="openai captioner: base URL of the chat-completions API (DashScope: "
                         f"{DEFAULT_VLM_BASE_URL}; vLLM/Ollama: e.g. http://127.0.0.1:8000/v1)")
@@ -38,11 +38,12 @@ def add_captioner_args(p) -> None:
                    help="openai captioner: model name (qwen-vl-plus, qwen-vl-max, gpt-4o-mini, ...)")
     g.add_argument("--vlm-prompt", default=DEFAULT_PROMPT, help="openai captioner: the instruction sent with each "
                    "image (default: an objective description without sentiment words)")
-    g.add_argument("--vlm-concurrency", type=int, default=4, help="openai captioner: requests in flight at once")
-    g.add_argument("--vlm-timeout", type=float, default=60.0, help="openai captioner: seconds per request")
-    g.add_argument("--vlm-max-retries", type=int, default=5,
+    g.add_argument("--vlm-concurrency", type=cli.positive_int, default=4,
+                   help="openai captioner: requests in flight at once")
+    g.add_argument("--vlm-timeout", type=cli.positive_float, default=60.0, help="openai captioner: seconds per request")
+    g.add_argument("--vlm-max-retries", type=cli.non_negative_int, default=5,
                    help="openai captioner: retries of 429 (honouring Retry-After), 5xx, timeouts, connection errors")
-    g.add_argument("--vlm-max-side", type=int, default=768,
+    g.add_argument("--vlm-max-side", type=cli.positive_int, default=768,
                    help="openai captioner: images are downscaled to this longest side and re-encoded as JPEG")
     g.add_argument("--caption-cache", type=Path, default=cli.CACHE_ROOT / "captions",
                    help="caption cache folder (one JSON file per model, prompt and image)")

@@ -44,12 +44,12 @@ def build_parser() -> cli.ArgumentParser:
                         "that exists, else the newest run's)")
     p.add_argument("--test-file", type=Path, default=None,
                    help="test index guid,tag (default <data-root>/test_without_label.txt)")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where guid,tag predictions go")
+    p.add_argument("--output", type=cli.output_file, default=DEFAULT_OUTPUT, help="where guid,tag predictions go")
     p.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size of the frozen backbones")
-    p.add_argument("--probabilities", type=Path, default=None,
+    p.add_argument("--batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
+    p.add_argument("--probabilities", type=cli.output_file, default=None,
                    help="optional CSV with guid, predicted tag and the three probabilities")
-    p.add_argument("--provenance", type=Path, default=None,
+    p.add_argument("--provenance", type=cli.output_file, default=None,
                    help="JSON record of where the predictions came from (checkpoint, its run, weights hash, "
                         "counts; read by the report). Default: results/predict_provenance.json for the default "
                         "--output, else <output>.provenance.json")
@@ -64,9 +64,10 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Path, cache_dir: Path,
-                 batch_size: int, progress: bool = True):
+                 batch_size: int, progress: bool = True, check_files: bool = True):
     """``(probabilities (N, 3), views used)`` of ``guids`` (files under ``data_dir``) by checkpoint ``members``: the
-    mean over members and test-time ``views`` (none without an image modality), with the decision ``bias``."""
+    mean over members and test-time ``views`` (none without an image modality), with the decision ``bias``.
+    ``check_files``: a missing data folder, or one without the files of most guids, is an error (not placeholders)."""
     import json
 
     import numpy as np
@@ -80,7 +81,7 @@ def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Pa
     tb, ib = backbones_for(members[0][1])
     token_mods = sorted({m for _, c in members for m in c.get("token_modalities", [])})
     fs = extract_features(guids, data_dir, tb, ib, cache_dir, tokens=token_mods, batch_size=batch_size,
-                          progress=progress)
+                          progress=progress, check_files=check_files)
     views = views if ib is not None else []
     # each member's numeric side features as it was trained (csv rows of posts not predicted here are ignored)
     sides = {json.dumps(c.get("side_features"), sort_keys=True): c for _, c in members}
@@ -89,7 +90,7 @@ def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Pa
     for view in [None, *views]:  # test-time augmentation: the mean over the image and its views
         vfs = fs if view is None else with_image_view(fs, extract_features(
             guids, data_dir, None, ib, cache_dir, tokens=[m for m in token_mods if m == "image"],
-            batch_size=batch_size, image_view=view, progress=progress))
+            batch_size=batch_size, image_view=view, progress=progress, check_files=False))
         with torch.no_grad():
             probas += [predict_rows(model, side.attach(vfs, sides[json.dumps(config.get("side_features"),
                                                                              sort_keys=True)]),
@@ -102,31 +103,51 @@ def predict_one(args, ckpt: Path) -> int:
     """The --image / --text mode: one post, written to a temporary data folder so that it is read and
     preprocessed exactly as a dataset post."""
     import json
-    import shutil
     import tempfile
 
-    from msa.data import LABELS
+    from msa.data import IMAGE_EXTENSIONS, LABELS, MAX_IMAGE_BYTES, MAX_TEXT_BYTES, load_image, read_capped, read_text
 
-    if args.image is not None and not args.image.is_file():
-        raise cli.UserError(f"--image {args.image}: no such file")
-    if args.text_file is not None and not args.text_file.is_file():
-        raise cli.UserError(f"--text-file {args.text_file}: no such file")
+    for flag, path in (("--image", args.image), ("--text-file", args.text_file)):
+        if path is not None and not path.is_file():
+            raise cli.UserError(f"{flag} {path}: no such file" if not path.exists() else
+                                f"{flag} {path}: not a regular file")
     members, bias, views = load_members(ckpt)
+    warnings = []
     with tempfile.TemporaryDirectory(prefix="msa-post-") as tmp:
         data = Path(tmp)
         if args.image is not None:
-            shutil.copyfile(args.image, data / f"post{args.image.suffix.lower() or '.jpg'}")
+            # the reader finds images by extension and decodes them by content: an unknown extension (.tiff, .jfif)
+            # is read as what it really is
+            ext = args.image.suffix.lower() if args.image.suffix.lower() in IMAGE_EXTENSIONS else ".jpg"
+            try:
+                (data / f"post{ext}").write_bytes(read_capped(args.image, MAX_IMAGE_BYTES)[0])
+            except OSError as exc:
+                raise cli.UserError(f"--image {args.image}: {getattr(exc, 'detail', None) or exc}") from None
+            img = load_image(data, "post")
+            if not img.ok:
+                warnings.append(f"--image {args.image} cannot be used ({img.status}: {img.detail}); predicted "
+                                "without it (a grey placeholder, as for a dataset post with a broken image)")
         if args.text_file is not None:
-            shutil.copyfile(args.text_file, data / "post.txt")
+            try:
+                (data / "post.txt").write_bytes(read_capped(args.text_file, MAX_TEXT_BYTES, cut=True)[0])
+            except OSError as exc:
+                raise cli.UserError(f"--text-file {args.text_file}: {getattr(exc, 'detail', None) or exc}") from None
         else:
             (data / "post.txt").write_text(args.text or "", encoding="utf-8")
+        txt = read_text(data, "post")
+        if txt.truncated:
+            warnings.append(f"the text was cut to its first {MAX_TEXT_BYTES:,} bytes")
         proba = member_proba(members, views, bias, ["post"], data, args.cache_dir, args.batch_size,
-                             progress=False)[0][0]
+                             progress=False, check_files=False)[0][0]
     label = LABELS[int(proba.argmax())]
     probs = {lab: round(float(proba[k]), 4) for k, lab in enumerate(LABELS)}
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps({"label": label, "probabilities": probs, "model": str(ckpt),
-                          "image": str(args.image) if args.image else None}))
+                          "image": str(args.image) if args.image else None,
+                          "image_used": args.image is not None and not any(w.startswith("--image") for w in warnings),
+                          "warnings": warnings}))
     else:
         print(f"{label}  ({', '.join(f'{lab} {v:.3f}' for lab, v in probs.items())})  model: {ckpt}")
     return 0

@@ -71,23 +71,25 @@ def build_parser() -> cli.ArgumentParser:
     g.add_argument("--init", default="per-seed", choices=["per-seed", "best"],
                    help="fine-tune, for each seed, phase 3's run of the selected loss x sampler with that seed "
                         "(per-seed: a paired before/after comparison) or phase3 best/ for every seed")
-    g.add_argument("--neutral-threshold", type=float, default=0.7,
+    g.add_argument("--neutral-threshold", type=cli.fraction, default=0.7,
                    help="a true-neutral training post is hard when its neutral probability is below this")
-    g.add_argument("--sample-ratio", type=float, default=1.0,
+    g.add_argument("--sample-ratio", type=cli.open_fraction, default=1.0,
                    help="share of the hard samples that are captioned and used (seeded random draw)")
-    g.add_argument("--max-hard", type=int, default=0, help="at most this many hard samples per seed (0: no cap)")
+    g.add_argument("--max-hard", type=cli.non_negative_int, default=0,
+                   help="at most this many hard samples per seed (0: no cap)")
     g.add_argument("--modes", default="none,extra,append,both",
                    help=f"comma-separated augmentation modes to fine-tune, from {', '.join(MODES)} (none: the "
                         "same fine-tuning without captions, the control)")
     add_captioner_args(p)
     t = p.add_argument_group("fine-tuning (everything else as phase 3's selected run)")
-    t.add_argument("--lr-scale", type=float, default=0.1,
+    t.add_argument("--lr-scale", type=cli.positive_float, default=0.1,
                    help="fine-tuning learning rate = phase 3's learning rate x this (unless --learning-rate)")
-    t.add_argument("--learning-rate", type=float, default=None, help="fine-tuning learning rate")
-    t.add_argument("--num-epochs", type=int, default=10, help="maximum fine-tuning epochs")
-    t.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better "
+    t.add_argument("--learning-rate", type=cli.positive_float, default=None, help="fine-tuning learning rate")
+    t.add_argument("--num-epochs", type=cli.positive_int, default=10, help="maximum fine-tuning epochs")
+    t.add_argument("--patience", type=cli.non_negative_int, default=3,
+                   help="stop after this many epochs without a better "
                    "validation weighted F1 (0 = never)")
-    t.add_argument("--warmup-ratio", type=float, default=0.0, help="share of fine-tuning steps with warm-up")
+    t.add_argument("--warmup-ratio", type=cli.fraction, default=0.0, help="share of fine-tuning steps with warm-up")
     t.add_argument("--seeds", default=None, help="comma-separated seeds (default: phase 3's)")
     t.add_argument("--side-features", default=None, metavar="LIST",
                    help="numeric side features (msa.side): fine-tuning keeps those phase 3's checkpoint was trained "
@@ -97,11 +99,12 @@ def build_parser() -> cli.ArgumentParser:
     t.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="Accelerate mixed precision")
     add_resume_arg(t)
     o = p.add_argument_group("execution and output")
-    o.add_argument("--jobs", type=int, default=2,
+    o.add_argument("--jobs", type=cli.positive_int, default=2,
                    help="fine-tuning processes in parallel (one torch thread each); 1 = in this process")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
-    o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
-    o.add_argument("--gallery", type=int, default=6, help="hard samples shown in figures/hard_samples.png")
+    o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--gallery", type=cli.non_negative_int, default=6,
+                   help="hard samples shown in figures/hard_samples.png")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the figures go")
     stamp.add_force_arg(o)
@@ -227,12 +230,6 @@ def main(argv=None) -> int:
     cli.setup_logging(args.verbose)
     t0 = time.time()
     modes = parse_list(args.modes, MODES, "--modes")
-    if not 0.0 <= args.neutral_threshold <= 1.0:
-        raise cli.UserError(f"--neutral-threshold must be in [0, 1], got {args.neutral_threshold}")
-    if not 0.0 < args.sample_ratio <= 1.0:
-        raise cli.UserError(f"--sample-ratio must be in (0, 1], got {args.sample_ratio}")
-    if args.max_hard < 0 or args.jobs < 1 or args.num_epochs < 1 or args.lr_scale <= 0:
-        raise cli.UserError("--max-hard must be >= 0, --jobs and --num-epochs >= 1, --lr-scale > 0")
     stamp_path = args.results_dir / "inputs.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
                              + [Path(args.phase3_dir) / "best.json"], code=[Path(__file__)])
@@ -317,7 +314,7 @@ def main(argv=None) -> int:
     lr = args.learning_rate if args.learning_rate is not None else float(base["learning_rate"]) * args.lr_scale
     ft = {**base, "learning_rate": lr, "num_epochs": args.num_epochs, "patience": args.patience,
           "warmup_ratio": args.warmup_ratio}
-    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    record = cli.args_record(args)
     record |= {"phase3": {"method": best3["method"], "best_json": str(Path(args.phase3_dir) / "best.json")},
                "fine_tuning": ft, "captioned": len(captions)}
     specs = []

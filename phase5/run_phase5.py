@@ -86,10 +86,10 @@ def build_parser() -> cli.ArgumentParser:
     g.add_argument("--skip-retrain", action="store_true",
                    help="only the masking ablation (a); no retrained models")
     o = p.add_argument_group("execution and output")
-    o.add_argument("--jobs", type=int, default=2,
+    o.add_argument("--jobs", type=cli.positive_int, default=2,
                    help="training processes in parallel (one torch thread each); 1 = in this process")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
-    o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
     o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the figures go")
     stamp.add_force_arg(o)
@@ -249,8 +249,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     t0 = time.time()
-    if args.jobs < 1:
-        raise cli.UserError(f"--jobs must be >= 1, got {args.jobs}")
     if args.seeds is not None:
         from msa.settings import parse_seeds
 
@@ -372,7 +370,7 @@ def main(argv=None) -> int:
                 log.warning("the recipe used mixed precision %s; no GPU here, so the retrained runs use full "
                             "precision", mixed)
                 mixed = "no"
-        base_record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        base_record = cli.args_record(args)
         base_record["seeds"] = ",".join(map(str, seeds))
         results = []
         for kind, mods in retrain:

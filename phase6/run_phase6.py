@@ -72,11 +72,11 @@ def build_parser() -> cli.ArgumentParser:
                         "a warning, and the probes run on the default backbones instead (not CLIP)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where CLIP runs (auto: cuda when available)")
-    g.add_argument("--batch-size", type=int, default=32, help="batch size of the frozen encoders")
+    g.add_argument("--batch-size", type=cli.positive_int, default=32, help="batch size of the frozen encoders")
     pr = p.add_argument_group("probes")
     pr.add_argument("--probe", default="logreg", choices=["logreg"],
                     help="probe type: multinomial logistic regression (sklearn, lbfgs)")
-    pr.add_argument("--cv-folds", type=int, default=5,
+    pr.add_argument("--cv-folds", type=cli.positive_int, default=5,
                     help="stratified folds of the training split that choose C (the validation split is never used)")
     pr.add_argument("--c-grid", default=",".join(f"{c:g}" for c in DEFAULT_CS),
                     help="comma-separated values of C (inverse regularisation strength) to choose from")
@@ -365,8 +365,6 @@ def main(argv=None) -> int:
     cli.setup_logging(args.verbose)
     t0 = time.time()
     cs = parse_grid(args.c_grid)
-    if args.batch_size < 1:
-        raise cli.UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     data = load_labelled(cli.work_dir(args), args.split)
     check_folds(data.labels[data.train_idx], args.cv_folds)
     data_dir = Path(args.data_root) / "data"
@@ -474,7 +472,7 @@ def main(argv=None) -> int:
         "split_path": str(data.split.path), "split_sha256": data.split.sha256, "n_train": len(data.train_idx),
         "n_val": len(data.val_idx), "probe": {"type": args.probe, **probe_kw}, "embeddings": stats,
         "rows": rows, "reference_notes": notes, "seconds": round(seconds, 1),
-        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
+        "arguments": cli.args_record(args)})
 
     title = (f"Phase 6: {what}{versus} (validation split '{data.split.name}', "
              f"{len(data.val_idx)} posts)")

@@ -46,3 +46,19 @@ def real_root() -> Path:
     if root is None:
         pytest.skip("the real MVSA data (../shared/mvsa) is not present")
     return root
+
+
+def assert_refused(call, message: str, capsys) -> None:
+    """``call()`` refuses its input clearly: a :class:`msa.cli.UserError` whose text matches ``message``, or an
+    argparse usage error (exit status 2) that names it on stderr (flag values checked by their type)."""
+    import re
+
+    from msa.cli import UserError
+
+    with pytest.raises((UserError, SystemExit)) as exc:
+        call()
+    if isinstance(exc.value, SystemExit):
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and re.search(message, err), err
+    else:
+        assert re.search(message, str(exc.value)), str(exc.value)

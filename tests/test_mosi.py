@@ -267,12 +267,44 @@ def test_synthetic_file_loads_with_repairs(small_file, small_data):
     (lambda r: r["train"].update(audio_lengths=[5, 4, -1, 5, 5, 5]), r"'audio_lengths' has 1 negative"),
     (lambda r: r["train"].update(audio_lengths=[5, 4.5, 1, 5, 5, 5]), r"whole numbers"),
     (lambda r: r["train"].update(text="not features"), r"'text' must be a numeric array"),
+    (lambda r: r["train"].update(audio=np.zeros((6, 0, 3), np.float32)), r"'audio' has shape \(6, 0, 3\).*at least "
+                                                                           r"one frame"),
+    (lambda r: r["valid"].update(vision=np.zeros((6, 3, 0), np.float32)), r"'vision' has shape \(6, 3, 0\)"),
 ])
 def test_bad_files_give_clear_errors(tmp_path, mutate, match):
     raw = _raw()
     mutate(raw)
     with pytest.raises(mmsa.MMSAFormatError, match=match):
         mmsa.load_mmsa(_dump(raw, tmp_path / "bad.pkl"))
+
+
+def _emptied(split):
+    raw = _raw()
+    raw[split] = {k: v[:0] for k, v in raw[split].items()}
+    return raw
+
+
+@pytest.mark.parametrize("split", mmsa.SPLITS)
+def test_an_empty_split_is_an_error_before_any_training(tmp_path, capsys, split):
+    from msa.cli import run_main
+
+    path = _dump(_emptied(split), tmp_path / "empty.pkl")
+    with pytest.raises(mmsa.MMSAFormatError, match=rf"empty\.pkl: split '{split}' is empty"):
+        mmsa.load_mmsa(path)
+    out = tmp_path / "out"
+    assert run_main(run_mosi.main, ["--data", str(path), "--out", str(out), "--model", "mean", "--seeds", "1",
+                                    *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"split '{split}' is empty" in err and "empty.pkl" in err, err
+    assert not (out / "runs").exists() and not (out / "metrics.json").exists()  # nothing was trained or written
+
+
+def test_huge_lengths_are_clipped_not_wrapped(tmp_path):
+    raw = _raw()
+    raw["train"]["audio_lengths"] = [1e30, 5, 3, 1e19, 5, 5]  # beyond int64: must not wrap to a negative length
+    d = mmsa.load_mmsa(_dump(raw, tmp_path / "h.pkl"))
+    assert d.splits["train"].lengths["audio"].tolist() == [5, 5, 3, 5, 5, 5]
+    assert {(r["key"], r["count"]) for r in d.repairs} >= {("audio_lengths", 2)}
 
 
 def test_repairs_are_counted(tmp_path):
@@ -320,6 +352,115 @@ def test_convert_round_trip(tmp_path, small_file, small_data):
     js.unlink()
     with pytest.raises(mmsa.MMSAFormatError, match="copy.json not found"):
         mmsa.load_mmsa(st)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A converted copy of a small valid file: (safetensors path, JSON path, the JSON's dict)."""
+    d = tmp_path_factory.mktemp("converted")
+    st, js = mmsa.convert(_dump(_raw(), d / "c.pkl"), d / "c")
+    return st, js, json.loads(js.read_text())
+
+
+def _set(path, value):
+    def edit(meta):
+        *parents, last = path
+        for k in parents:
+            meta = meta[k]
+        if value is _DROP:
+            del meta[last]
+        else:
+            meta[last] = value(meta[last]) if callable(value) else value
+    return edit
+
+
+def _unlist(meta, split, key):
+    """Remove an array from the JSON's listing (and its shape), leaving it in the safetensors file."""
+    meta["splits"][split]["arrays"].remove(key)
+    meta["splits"][split]["shapes"].pop(key)
+
+
+_DROP = object()
+_T = ("splits", "test")
+
+
+@pytest.mark.parametrize("tamper, match", [
+    ("[1, 2]", r"c\.json: expected a JSON object, got an array"),
+    ('"hello"', r"c\.json: expected a JSON object, got a string"),
+    ("TRUNCATE", r"c\.json is not valid JSON"),
+    ("", r"c\.json is not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, r"c\.json is not valid JSON"),
+    (_set(("format",), _DROP), r"c\.json is not a converted MMSA file.*format None"),
+    (_set(("splits",), _DROP), r"c\.json: 'splits' must be an object.*got nothing"),
+    (_set(("splits",), [1, 2]), r"c\.json: 'splits' must be an object.*got an array"),
+    (_set(("splits", "train"), 3), r"c\.json: split 'train' must be an object, got a number"),
+    (_set(("splits", "extra"), {"arrays": [], "strings": {}}), r"c\.json: unknown split 'extra'"),
+    (_set((*_T, "arrays"), _DROP), r"c\.json: split 'test' has no 'arrays'"),
+    (_set((*_T, "strings"), ["id"]), r"c\.json: split 'test': 'strings' must be an object, got an array"),
+    (_set((*_T, "strings", "id"), 7), r"c\.json: split 'test': strings 'id' must be an array of strings"),
+    (_set((*_T, "strings", "id"), "v0"), r"c\.json: split 'test': strings 'id' must be an array of strings, got a "
+                                         r"string"),
+    (_set((*_T, "strings", "id"), [1] * 6), r"c\.json: split 'test': strings 'id'.*holding other values"),
+    (_set((*_T, "strings", "id"), lambda v: v[:-1]), r"c\.json: split 'test': strings 'id' hold 5 values but the "
+                                                     r"split has 6 samples"),
+    (_set((*_T, "strings", "audio"), ["x"] * 6), r"c\.json: split 'test': 'audio' is both an array and"),
+    (_set((*_T, "arrays"), lambda v: v + ["nope"]), r"c\.json: split 'test' lists the array 'nope', which "
+                                                    r"c\.safetensors does not hold"),
+    (_set((*_T, "arrays"), lambda v: v + v[:1]), r"c\.json: split 'test': 'arrays' must list distinct"),
+    (_set(("splits", "valid", "shapes", "audio"), [6, 5, 4]),
+     r"c\.json: split 'valid': 'audio' has shape \[6, 5, 3\] in c\.safetensors but \[6, 5, 4\] in the JSON"),
+    (_set((*_T, "shapes"), "big"), r"c\.json: split 'test': 'shapes' must be an object, got a string"),
+    (lambda m: _unlist(m, "test", "vision"), r"c\.json: c\.safetensors holds arrays the JSON does not list: "
+                                            r"test/vision"),
+])
+def test_a_tampered_converted_json_is_a_clear_error(tmp_path, converted, tamper, match):
+    st, js, meta = converted
+    copy_st, copy_js = tmp_path / "c.safetensors", tmp_path / "c.json"
+    copy_st.write_bytes(st.read_bytes())
+    if callable(tamper):
+        meta = json.loads(json.dumps(meta))
+        tamper(meta)
+        copy_js.write_text(json.dumps(meta))
+    else:
+        copy_js.write_text(js.read_text()[:300] if tamper == "TRUNCATE" else tamper)
+    for path in (copy_st, copy_js):  # either file of the pair names the copy
+        with pytest.raises(mmsa.MMSAFormatError, match=match):
+            mmsa.load_mmsa(path)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda st, js: st.write_bytes(st.read_bytes()[:500]), r"c\.safetensors could not be read.*truncated"),
+    (lambda st, js: st.write_bytes(b""), r"c\.safetensors could not be read"),
+    (lambda st, js: (st.unlink(), st.mkdir()), r"c\.safetensors is a folder"),
+    (lambda st, js: (js.unlink(), js.mkdir()), r"c\.json is a folder"),
+    (lambda st, js: js.write_bytes(b"\xff\xfe{"), r"c\.json is not valid JSON"),
+])
+def test_a_damaged_converted_copy_is_a_clear_error(tmp_path, converted, capsys, damage, match):
+    from msa.cli import run_main
+
+    st, js, _ = converted
+    copy_st, copy_js = tmp_path / "c.safetensors", tmp_path / "c.json"
+    copy_st.write_bytes(st.read_bytes())
+    copy_js.write_text(js.read_text())
+    damage(copy_st, copy_js)
+    with pytest.raises(mmsa.MMSAFormatError, match=match):
+        mmsa.load_mmsa(copy_st)
+    out = tmp_path / "out"
+    assert run_main(run_mosi.main, ["--data", str(copy_st), "--out", str(out), "--model", "mean", "--seeds", "1",
+                                    *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "c." in err and not out.exists(), err
+
+
+def test_a_converted_copy_without_shapes_still_loads(tmp_path, converted):
+    st, js, meta = converted
+    assert meta["splits"]["train"]["shapes"]["text"] == [6, 4, 8]  # convert records every array's shape
+    old = json.loads(json.dumps(meta))
+    for entry in old["splits"].values():
+        entry.pop("shapes")  # as written before shapes were recorded
+    (tmp_path / "c.safetensors").write_bytes(st.read_bytes())
+    (tmp_path / "c.json").write_text(json.dumps(old))
+    assert mmsa.load_mmsa(tmp_path / "c.safetensors").splits["test"].n == 6
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -459,6 +600,56 @@ def test_cli_sims_convert_and_synthetic(tmp_path):
                           "--epochs", "2", "--hidden", "16"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["test"]) == list(MMSA_METRICS["sims"])
+
+
+@pytest.mark.parametrize("flag_args", [
+    ["--epochs", "0"], ["--epochs", "2.5"], ["--patience", "-1"], ["--batch-size", "0"], ["--learning-rate", "0"],
+    ["--learning-rate", "inf"], ["--weight-decay", "-0.1"], ["--warmup-ratio", "1.5"], ["--hidden", "0"],
+    ["--hidden", "100000"], ["--dropout", "1"], ["--dropout", "-0.1"], ["--max-frames", "-1"], ["--threads", "-1"],
+    ["--cl-weight", "-1"], ["--cl-temperature", "0"], ["--aux-weight", "nan"], ["--seeds", "-5"],
+    ["--seeds", "4294967296"], ["--out", "FILE"], ["--convert-out", "DIR"],
+], ids=lambda a: " ".join(a))
+def test_bad_flag_values_exit_2_naming_the_flag(tmp_path, capsys, flag_args):
+    from msa.cli import run_main
+
+    ok = _dump(_raw(), tmp_path / "ok.pkl")
+    out = tmp_path / "out"
+    flag_args = [str(ok) if a == "FILE" else str(tmp_path) if a == "DIR" else a for a in flag_args]
+    argv = ["--data", str(ok), "--model", "mean", "--seeds", "1", "--epochs", "1", "--hidden", "8", "--out", str(out),
+            *(["--convert"] if flag_args[0] == "--convert-out" else []), *flag_args]
+    capsys.readouterr()
+    try:
+        rc = run_main(run_mosi.main, argv)
+    except SystemExit as exc:  # argparse's usage error
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "error" in err and "Traceback" not in err, err
+    assert flag_args[0] in err, err  # the message names the flag
+    assert not out.exists() and not (tmp_path / "ok.safetensors").exists()
+
+
+@pytest.mark.parametrize("flag_args, message", [
+    (["--synthetic-samples", "0"], "--synthetic-samples"), (["--synthetic-samples", "5"], "--synthetic-samples"),
+    (["--synthetic-samples", "10000000"], "--synthetic-samples"), (["--synthetic-seed", "-1"], "--synthetic-seed"),
+])
+def test_bad_synthetic_flags_exit_2(tmp_path, capsys, flag_args, message):
+    from msa.cli import run_main
+
+    target = tmp_path / "syn.pkl"
+    try:
+        rc = run_main(run_mosi.main, ["--make-synthetic", str(target), *flag_args])
+    except SystemExit as exc:
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "error" in err and message in err and not target.exists(), err
+    with pytest.raises(SystemExit) as exc:  # a folder is not a file name
+        run_mosi.main(["--make-synthetic", str(tmp_path)])
+    assert exc.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def test_patience_zero_still_means_never():
+    assert run_mosi.build_parser().parse_args(["--patience", "0"]).patience == 0
+    assert "(0 = never)" in run_mosi.build_parser().format_help()
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

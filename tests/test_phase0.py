@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import msa.io
+from msa.io import atomic_files
 from msa.splits import load_split
 from phase0 import data_analysis, data_cleaner
 from tests.conftest import REPO
@@ -106,6 +110,115 @@ def test_rerun_reuses_the_split_and_refuses_a_silent_change(cleaned_faulty):
     assert data_cleaner.main(["--data-root", str(root), "--work-dir", str(work), "--folds", "3", "--seed", "7",
                               "--force"]) == 0
     assert load_split(work, "default").sha256 != first
+
+
+def _handoff_set(work: Path) -> dict[str, bytes]:
+    """Every file phase 0 hands on (all but its own stamp), hidden temporaries included, by relative path."""
+    return {p.relative_to(work).as_posix(): p.read_bytes() for p in sorted(work.rglob("*"))
+            if p.is_file() and p.name != "phase0_inputs.json"}
+
+
+def _no_temps(work: Path) -> None:
+    assert not [p for p in work.rglob("*") if p.name.endswith(".tmp")], "a temporary was left behind"
+
+
+# another seed changes only the splits; the other two change the cleaned set, the audit and the splits too
+@pytest.mark.parametrize("change", [["--seed", "7"], ["--keep-partial"], ["--no-dedup"]])
+def test_a_refused_rerun_writes_nothing_and_leaves_the_old_set_whole(cleaned_faulty, change):
+    root, work, _ = cleaned_faulty
+    before = _handoff_set(work)
+    assert {"train_cleaned.txt", "data_audit.csv", "data_inventory.csv", "phase0_manifest.json",
+            "splits/default.csv", "splits/cv3-0.csv", "splits/cv3-2.csv"} <= set(before)
+    argv = ["--data-root", str(root), "--work-dir", str(work), "--folds", "3", *change]
+    with pytest.raises(data_cleaner.cli.UserError, match="--force"):
+        data_cleaner.main(argv)
+    assert data_cleaner.cli.run_main(data_cleaner.main, argv) == 2  # exit status 2 as a script
+    assert _handoff_set(work) == before
+    _no_temps(work)
+
+
+@pytest.mark.parametrize("fail_at", [1, 4, -1])  # the first rename, one in the middle, the manifest's (last)
+@pytest.mark.parametrize("change", [["--seed", "7"], ["--folds", "4"]])  # replaced files / also new files
+def test_a_crash_during_the_renames_leaves_the_old_set_whole(cleaned_faulty, monkeypatch, fail_at, change):
+    root, work, _ = cleaned_faulty
+    before = _handoff_set(work)
+    argv = ["--data-root", str(root), "--work-dir", str(work), "--folds", "3", *change, "--force"]
+    n_targets = 4 + 1 + (4 if "--folds" in change else 3)  # 4 files, default split, the folds
+    fail_at = fail_at % n_targets if fail_at < 0 else fail_at - 1  # index of the failing rename
+    real_replace, calls = os.replace, []
+
+    def flaky_replace(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == fail_at + 1:
+            raise OSError(28, "No space left on device (simulated)", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(msa.io.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="simulated"):
+        data_cleaner.main(argv)
+    monkeypatch.undo()
+    assert len(calls) > fail_at and (fail_at < n_targets - 1 or calls[fail_at] == "phase0_manifest.json")
+    assert _handoff_set(work) == before
+    _no_temps(work)
+
+
+def test_a_crash_while_writing_the_temporaries_leaves_the_old_set_whole(cleaned_faulty, monkeypatch):
+    root, work, _ = cleaned_faulty
+    before = _handoff_set(work)
+    real_write, written = data_cleaner._write_csv, []
+
+    def failing_write(path, frame):
+        if len(written) == 3:  # inventory, audit and one split are written by now
+            raise MemoryError("simulated crash")
+        real_write(path, frame)
+        written.append(path)
+
+    monkeypatch.setattr(data_cleaner, "_write_csv", failing_write)
+    with pytest.raises(MemoryError):
+        data_cleaner.main(["--data-root", str(root), "--work-dir", str(work), "--folds", "3", "--seed", "7",
+                           "--force"])
+    assert written and all(p.name.endswith(".tmp") for p in written)
+    assert _handoff_set(work) == before
+    _no_temps(work)
+
+
+def test_manifest_records_the_hashes_of_the_files_it_hands_on(cleaned_faulty):
+    _, work, _ = cleaned_faulty
+    manifest = json.loads((work / "phase0_manifest.json").read_text(encoding="utf-8"))
+
+    def sha(name):
+        return hashlib.sha256((work / name).read_bytes()).hexdigest()
+
+    assert manifest["train_cleaned_sha256"] == sha("train_cleaned.txt")
+    assert manifest["audit_sha256"] == sha("data_audit.csv")
+    assert manifest["inventory_sha256"] == sha("data_inventory.csv")
+    assert manifest["splits"] == {p.stem: sha(f"splits/{p.name}") for p in (work / "splits").glob("*.csv")}
+    assert set(manifest["splits"]) == {"default", "cv3-0", "cv3-1", "cv3-2"}
+
+
+def test_atomic_files_replaces_all_in_order_or_none(tmp_path, monkeypatch):
+    paths = [tmp_path / "a.txt", tmp_path / "sub" / "b.txt", tmp_path / "manifest.json"]
+    paths[0].write_text("old a")
+    with pytest.raises(KeyError), atomic_files(paths) as temps:
+        for t in temps:
+            t.write_text("new")
+        raise KeyError("crash in the block")
+    assert paths[0].read_text() == "old a" and not paths[1].exists() and not paths[2].exists()
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    order, real_replace = [], os.replace
+    monkeypatch.setattr(msa.io.os, "replace", lambda s, d: (order.append(Path(d)), real_replace(s, d)))
+    with atomic_files(paths) as temps:
+        assert [t.parent for t in temps] == [p.parent for p in paths]
+        assert all(t.name.startswith(f".{p.name}.") and t.name.endswith(".tmp") for t, p in zip(temps, paths))
+        for t, p in zip(temps, paths):
+            t.write_text(f"new {p.name}")
+    assert order == paths and [p.read_text() for p in paths] == [f"new {p.name}" for p in paths]
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_help_says_what_the_up_to_date_check_reads():
+    text = " ".join(data_cleaner.build_parser().format_help().split())
+    assert "names, sizes and modification times" in text and "--force" in text
 
 
 def test_keep_partial_keeps_rows_with_one_modality(faulty_copy, tmp_path):

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from msa.checkpoint import load_checkpoint, load_loss_state
-from msa.cli import UserError
 from phase0 import data_cleaner
 from phase3 import run_phase3 as phase3
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_refused
 from tests.tiny_models import tiny_bert, tiny_vit
 
 LOSSES, SAMPLERS, SEEDS = ("ce", "acb"), ("none", "balanced"), (1, 2)
@@ -152,10 +151,10 @@ def test_missing_best_config_is_a_logged_warning(grid):
     (["--acb-momentum", "1.5"], "momentum"),
     (["--seeds", "1,x"], "--seeds"),
 ])
-def test_bad_input_is_a_clear_error(setup, tmp_path, flags, message):
-    with pytest.raises(UserError, match=message):
-        phase3.main(setup["base"] + flags + ["--best-config", str(tmp_path / "none.json"),
-                                             "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path)])
+def test_bad_input_is_a_clear_error(setup, tmp_path, flags, message, capsys):
+    assert_refused(lambda: phase3.main(setup["base"] + flags + ["--best-config", str(tmp_path / "none.json"),
+                                                                "--results-dir", str(tmp_path / "r"),
+                                                                "--figures-dir", str(tmp_path)]), message, capsys)
     assert not (tmp_path / "r").exists()
 
 

@@ -20,11 +20,13 @@ from msa.splits import load_split
 from phase0 import data_cleaner
 from phase3 import run_phase3 as phase3
 from phase4 import run_phase4 as phase4
+from tests.conftest import assert_refused
 from tests.tiny_models import tiny_bert, tiny_vit
 
 SEEDS = (1, 2)
 MODES = ("none", "extra", "append", "both")
 THRESHOLD = 0.9
+URL_SECRET = "sk-URLSECRET9876"
 
 
 def _tree_digest(folder):
@@ -58,6 +60,8 @@ def run(setup):
     argv = setup["common"] + ["--phase3-dir", str(setup["phase3"]), "--modes", ",".join(MODES),
                               "--neutral-threshold", str(THRESHOLD), "--num-epochs", "2", "--lr-scale", "1",
                               "--caption-cache", str(setup["tmp"] / "captions"),
+                              # a key inside the URL (issue 21): never recorded anywhere
+                              "--vlm-base-url", f"http://user:{URL_SECRET}@127.0.0.1:9/v1?api_key={URL_SECRET}",
                               "--results-dir", str(out / "results"), "--figures-dir", str(out / "figures")]
     assert phase4.main(argv) == 0
     return {**setup, "out": out, "results": out / "results", "argv": argv, "data_digest_before": before}
@@ -147,6 +151,14 @@ def test_tables_figures_and_best(run):
     assert row["weighted_f1_mean"] == pytest.approx(table[table["method"] != "phase 3"]["weighted_f1_mean"].max())
 
 
+def test_a_key_inside_the_url_is_in_no_file(run):
+    files = [p for p in run["out"].rglob("*") if p.is_file()]
+    assert any(p.name == "inputs.json" for p in files) and any(p.name == "config.json" for p in files)
+    leaked = [p for p in files if URL_SECRET.encode() in p.read_bytes()]
+    assert not leaked
+    assert "127.0.0.1:9" in (run["results"] / "inputs.json").read_text()  # the rest of the URL is recorded
+
+
 def test_the_users_data_is_never_written(run):
     assert _tree_digest(run["root"]) == run["data_digest_before"]
     assert not list(run["work"].glob("*vlm*")) and not list(run["work"].rglob("train_index.csv"))
@@ -164,14 +176,14 @@ def test_rerun_uses_cached_captions(run, caplog):
     assert len(caps) and (caps["source"] == "cache").all()
 
 
-def test_clear_errors(setup, tmp_path):
+def test_clear_errors(setup, tmp_path, capsys):
     base = setup["common"] + ["--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]
     with pytest.raises(UserError, match="run phase 3 first"):
         phase4.main(base + ["--phase3-dir", str(tmp_path / "missing")])
     with pytest.raises(UserError, match="--modes"):
         phase4.main(base + ["--phase3-dir", str(setup["phase3"]), "--modes", "extra,bogus"])
-    with pytest.raises(UserError, match="neutral-threshold"):
-        phase4.main(base + ["--phase3-dir", str(setup["phase3"]), "--neutral-threshold", "2"])
+    assert_refused(lambda: phase4.main(base + ["--phase3-dir", str(setup["phase3"]), "--neutral-threshold", "2"]),
+                   "neutral-threshold", capsys)
     # another split than phase 3's: the comparison would not be on the same posts
     fake = tmp_path / "p3"
     fake.mkdir()

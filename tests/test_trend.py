@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msa.cli import UserError
+from msa.cli import UserError, run_main
+from tasks.trend import make_trend_data
 from tasks.trend import run_trend as trend
 from tasks.trend.make_trend_data import make_trend_dataset
 from tests.conftest import REPO
@@ -225,6 +226,74 @@ def test_empty_counts_are_missing_values_not_errors(tmp_path):
     assert data.columns == ["likes", "collects", "comments"] and data.posts["collects"].isna().sum() == 20
 
 
+def _set_date(name, row, value):
+    def edit(root):
+        _edit(root / name, lambda f: f.__setitem__("date", f["date"].where(f.index != row, value)))
+    return edit
+
+
+SPAN_LIMIT = f"at most {trend.MAX_SPAN_DAYS} days"
+
+
+@pytest.mark.parametrize("break_it, messages", [
+    (_set_date("posts.csv", 7, "9999-12-31"), ["posts.csv: 1 date(s) outside 1970-01-01 .. 2100-12-31, e.g. "
+                                               "'9999-12-31' on line(s) 9"]),
+    (_set_date("posts.csv", 0, "1969-12-31"), ["posts.csv: 1 date(s) outside 1970-01-01 .. 2100-12-31, e.g. "
+                                               "'1969-12-31' on line(s) 2"]),
+    (_set_date("targets.csv", 3, "9999-12-31"), ["targets.csv: 1 date(s) outside 1970-01-01 .. 2100-12-31, e.g. "
+                                                 "'9999-12-31' on line(s) 5"]),
+    (_set_date("targets.csv", 3, "2101-01-01T10:00:00+02:00"), ["targets.csv: 1 date(s) outside", "line(s) 5"]),
+    (_set_date("posts.csv", 0, "1990-01-01"), ["posts.csv: the dates span", "from 1990-01-01 (line 2)", SPAN_LIMIT]),
+    (_set_date("targets.csv", 2, "2090-06-01"), ["targets.csv: the dates span", "to 2090-06-01 (line 4)",
+                                                 SPAN_LIMIT]),
+])
+def test_out_of_range_dates_and_long_spans_are_refused_before_any_allocation(tmp_path, break_it, messages):
+    import tracemalloc
+
+    root = _tiny(tmp_path)
+    break_it(root)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError) as err:
+            trend.load_inputs(root, 5, "regression")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    for message in messages:  # the file, the value, its line(s) and the bound
+        assert message in str(err.value), str(err.value)
+    assert peak < 20 * 2**20, peak  # nothing sized by the (huge) day range was allocated
+
+
+def test_date_bounds_are_inclusive_and_the_span_limit_is_exact():
+    def frame(dates):
+        f = pd.DataFrame({"date": dates})
+        f["_line"] = np.arange(len(f)) + 2
+        return f
+
+    first = pd.Timestamp("2000-01-01")
+    ok = trend.parse_dates(frame([str(first.date()), str((first + pd.Timedelta(days=trend.MAX_SPAN_DAYS)).date())]),
+                           "f.csv")
+    assert (ok.iloc[1] - ok.iloc[0]).days == trend.MAX_SPAN_DAYS
+    with pytest.raises(UserError, match=f"span {trend.MAX_SPAN_DAYS + 1} days"):
+        trend.parse_dates(frame([str(first.date()), str((first + pd.Timedelta(days=trend.MAX_SPAN_DAYS + 1)).date())]),
+                          "f.csv")
+    assert len(trend.parse_dates(frame(["2100-12-31", "2099-01-01"]), "f.csv")) == 2
+    # mixed time zones (a space before the time) keep the local calendar date instead of failing in pandas
+    mixed = trend.parse_dates(frame(["2021-01-01 23:00+05:00", "2021-01-02 10:00-03:00"]), "f.csv")
+    assert [str(d.date()) for d in mixed] == ["2021-01-01", "2021-01-02"]
+
+
+def test_a_folder_or_an_empty_file_is_a_clear_error(tmp_path):
+    root = _tiny(tmp_path)
+    (root / "targets.csv").write_bytes(b"")
+    with pytest.raises(UserError, match="targets.csv: not a readable CSV file"):
+        trend.load_inputs(root, 5, "regression")
+    (root / "posts.csv").unlink()
+    (root / "posts.csv").mkdir()
+    with pytest.raises(UserError, match="posts.csv is a folder"):
+        trend.load_inputs(root, 5, "regression")
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit) as exc:
@@ -244,6 +313,75 @@ def test_cli_error_is_one_line(tmp_path):
                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "line(s) 9" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def flag_root(tmp_path_factory):
+    return _tiny(tmp_path_factory.mktemp("flags"))
+
+
+def _exit_status(main, argv, capsys) -> tuple[int, str]:
+    """``main`` run as the script runs it (through run_main); an argparse usage error is its SystemExit."""
+    capsys.readouterr()
+    try:
+        rc = run_main(main, argv)
+    except SystemExit as exc:
+        rc = exc.code
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag_args", [
+    ["--epochs", "0"], ["--epochs", "2.5"], ["--patience", "-1"], ["--batch-size", "0"], ["--block", "0"],
+    ["--window", "0"], ["--window", "100000"], ["--learning-rate", "0"], ["--learning-rate", "nan"],
+    ["--weight-decay", "-0.1"], ["--jobs", "0"], ["--feature-batch-size", "0"], ["--hidden", "0"],
+    ["--hidden", "100000"], ["--dropout", "1"], ["--dropout", "-0.2"], ["--val-frac", "0"], ["--test-frac", "1.5"],
+    ["--val-frac", "0.6", "--test-frac", "0.4"], ["--extra-gap", "-1"], ["--extra-gap", "1" + "0" * 20],
+    ["--seeds", "-1"], ["--seeds", "4294967296"], ["--out", "FILE"], ["--cache-dir", "FILE"],
+], ids=lambda a: " ".join(a))
+def test_bad_flag_values_exit_2_naming_the_flag(flag_root, tmp_path, capsys, flag_args):
+    flag_args = [str(flag_root / "posts.csv") if a == "FILE" else a for a in flag_args]
+    out = tmp_path / "out"
+    argv = ["--data-root", str(flag_root), "--window", "5", "--rows", "mean", "--seeds", "1", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), *flag_args]
+    rc, err = _exit_status(trend.main, argv, capsys)
+    assert rc == 2 and "error" in err and "Traceback" not in err, err
+    assert flag_args[0] in err, err  # the message names the flag
+    assert not out.exists()
+
+
+def test_patience_zero_still_means_never():
+    args = trend.build_parser().parse_args(["--data-root", "x", "--patience", "0"])
+    assert args.patience == 0
+    help_text = trend.build_parser().format_help()
+    assert "0 = never" in help_text and "7305" in help_text and "2100-12-31" in help_text
+
+
+def test_cli_out_of_range_date_is_one_line(tmp_path):
+    root = _tiny(tmp_path)
+    _set_date("posts.csv", 7, "9999-12-31")(root)
+    res = subprocess.run([sys.executable, "tasks/trend/run_trend.py", "--data-root", str(root), "--window", "5",
+                          "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "9999-12-31" in last and "line(s) 9" in last and "2100-12-31" in last
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag_args, message", [
+    (["--n-posts", "0"], "--n-posts"), (["--n-days", "9000"], "n_days 9000"), (["--window", "0"], "--window"),
+    (["--seed", "-1"], "--seed"), (["--cue-prob", "2"], "--cue-prob"), (["--noise", "nan"], "--noise"),
+    (["--image-size", "5000"], "image_size"), (["--start", "9999-01-01"], "2100-12-31"),
+    (["--start", "soon"], "ISO date"), (["--out", "FILE"], "--out"),
+])
+def test_make_trend_data_bad_flags_exit_2(tmp_path, capsys, flag_args, message):
+    file = tmp_path / "a_file"
+    file.write_text("x")
+    out = tmp_path / "gen"
+    argv = ["--out", str(out), "--n-posts", "5", "--n-days", "20", "--window", "3", "--image-size", "8",
+            *[str(file) if a == "FILE" else a for a in flag_args]]
+    rc, err = _exit_status(make_trend_data.main, argv, capsys)
+    assert rc == 2 and "error" in err and message in err, err
+    assert not (out / "posts.csv").exists()
 
 
 @pytest.mark.parametrize("fusion", trend.pooled_fusions())

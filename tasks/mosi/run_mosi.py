@@ -15,8 +15,9 @@ github.com/thuiar/MMSA, links its processed files under "Processed Datasets"):
 Reading. The pickle is unpickled by a restricted loader that admits numpy arrays, dtypes and plain containers
 only; any other object is refused with an error naming the file, and nothing from it runs. --convert writes a
 safetensors + JSON copy that later runs load with --data X.safetensors (no unpickling at all). Missing keys, sample
-counts that differ between fields, bad lengths, non-finite labels are one-line errors; NaN/+-inf features are
-replaced by 0 and lengths longer than the sequence clipped (both counted, logged, and listed in config.json).
+counts that differ between fields, an empty train / valid / test split, bad lengths, non-finite labels and a damaged
+or edited converted copy are one-line errors, before any training; NaN/+-inf features are replaced by 0 and lengths
+longer than the sequence clipped (both counted, logged, and listed in config.json).
 
 Models (--model, comma-separated, each NAME or NAME+FUSION): mean, lstm, transformer = that sequence encoder per
 modality -> a fusion of msa.fusions (--fusion) -> a regression head; cmcbep = seed 004's lead-modality
@@ -61,6 +62,12 @@ TASK_DIR = Path(__file__).resolve().parent
 DATASETS = ("mosi", "mosei", "sims")
 #: the default --model: the best simple model on our measurements (see tasks/mosi/README.md)
 DEFAULT_MODEL = "transformer"
+#: the widest --hidden accepted (the weights grow with its square; wider is a typo, not a model)
+MAX_HIDDEN = 4096
+#: the largest seed torch, numpy and random all accept alike
+MAX_SEED = 2**32 - 1
+#: the largest --make-synthetic file (about 160 KB a sample: 50 x 768 text frames; CMU-MOSEI has 23k samples)
+MAX_SYNTHETIC = 50_000
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -78,13 +85,15 @@ def build_parser() -> cli.ArgumentParser:
     d.add_argument("--convert", action="store_true",
                    help="write a safetensors + JSON copy of the --data pickle (next to it, or --convert-out) and exit; "
                         "later runs load it with --data X.safetensors without unpickling")
-    d.add_argument("--convert-out", type=Path, default=None,
+    d.add_argument("--convert-out", type=cli.output_file, default=None,
                    help="path stem of the converted copy (default: the pickle's path without .pkl)")
-    d.add_argument("--make-synthetic", type=Path, default=None, metavar="FILE",
+    d.add_argument("--make-synthetic", type=cli.output_file, default=None, metavar="FILE",
                    help="write a synthetic MMSA-layout pickle (planted learnable signal, -inf audio entries, variable "
                         "lengths; text 50x768, audio 50x5, vision 50x20 like MOSI) to FILE and exit")
-    d.add_argument("--synthetic-samples", type=int, default=700, help="samples in the --make-synthetic file")
-    d.add_argument("--synthetic-seed", type=int, default=0, help="random seed of the --make-synthetic file")
+    d.add_argument("--synthetic-samples", type=cli.positive_int, default=700,
+                   help=f"samples in the --make-synthetic file (10 to {MAX_SYNTHETIC})")
+    d.add_argument("--synthetic-seed", type=cli.non_negative_int, default=0,
+                   help="random seed of the --make-synthetic file")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"comma-separated models, each NAME or NAME+FUSION; NAME from {', '.join(MODELS)} "
@@ -92,9 +101,11 @@ def build_parser() -> cli.ArgumentParser:
                         "one's results fill OUT/metrics.json and OUT/test_predictions.csv")
     m.add_argument("--fusion", default="concat", choices=POOLED_FUSIONS,
                    help="fusion of the encoded modalities (msa.fusions) for models given without +FUSION")
-    m.add_argument("--hidden", type=int, default=64, help="width of the encoders, projections and heads")
-    m.add_argument("--dropout", type=float, default=0.1, help="dropout in encoders, projections and heads")
-    m.add_argument("--max-frames", type=int, default=100,
+    m.add_argument("--hidden", type=cli.positive_int, default=64,
+                   help=f"width of the encoders, projections and heads (at most {MAX_HIDDEN})")
+    m.add_argument("--dropout", type=cli.fraction, default=0.1,
+                   help="dropout in encoders, projections and heads (0 <= p < 1)")
+    m.add_argument("--max-frames", type=cli.non_negative_int, default=100,
                    help="a modality whose sequences are longer (the unaligned files' audio and vision: 375-500 "
                         "frames) has its frames averaged in windows of ceil(L / max-frames), so at most this many "
                         "remain; attention cost grows with the square of the length (0 = keep every frame)")
@@ -104,9 +115,10 @@ def build_parser() -> cli.ArgumentParser:
     c.add_argument("--lead", default="auto",
                    help="lead modality that supplements the others through cross-attention: text, audio, vision, or "
                         "auto (a learned per-sample softmax over the modalities)")
-    c.add_argument("--cl-weight", type=float, default=0.1, help="weight of the cross-modal InfoNCE loss (0 = off)")
-    c.add_argument("--cl-temperature", type=float, default=0.1, help="InfoNCE temperature")
-    c.add_argument("--aux-weight", type=float, default=0.5,
+    c.add_argument("--cl-weight", type=cli.non_negative_float, default=0.1,
+                   help="weight of the cross-modal InfoNCE loss (0 = off)")
+    c.add_argument("--cl-temperature", type=cli.positive_float, default=0.1, help="InfoNCE temperature (> 0)")
+    c.add_argument("--aux-weight", type=cli.non_negative_float, default=0.5,
                    help="weight of the losses of the unimodal and fused predictions that the balanced prediction "
                         "combines (0 = only the combined prediction is trained)")
     c.add_argument("--unimodal-labels", action="store_true",
@@ -115,21 +127,24 @@ def build_parser() -> cli.ArgumentParser:
     t = p.add_argument_group("training")
     t.add_argument("--loss", choices=list(LOSSES), default="l1",
                    help="regression loss (L1 = MAE, what most of MMSA's regression trainers use)")
-    t.add_argument("--epochs", type=int, default=30, help="maximum epochs per run")
-    t.add_argument("--patience", type=int, default=8,
+    t.add_argument("--epochs", type=cli.positive_int, default=30, help="maximum epochs per run")
+    t.add_argument("--patience", type=cli.non_negative_int, default=8,
                    help="stop after this many epochs without a lower validation loss (0 = never)")
-    t.add_argument("--batch-size", type=int, default=32, help="samples per step")
-    t.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (warm-up + cosine)")
-    t.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    t.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with linear warm-up")
-    t.add_argument("--seeds", default="42,43,44", help="comma-separated seeds; every model is trained once per seed")
+    t.add_argument("--batch-size", type=cli.positive_int, default=32, help="samples per step")
+    t.add_argument("--learning-rate", type=cli.positive_float, default=1e-3,
+                   help="AdamW learning rate (warm-up + cosine)")
+    t.add_argument("--weight-decay", type=cli.non_negative_float, default=0.01, help="AdamW weight decay")
+    t.add_argument("--warmup-ratio", type=cli.fraction, default=0.1, help="share of steps with linear warm-up")
+    t.add_argument("--seeds", default="42,43,44",
+                   help="comma-separated seeds (integers 0 .. 2^32-1); every model is trained once per seed")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train (auto: cuda when available)")
-    t.add_argument("--threads", type=int, default=1,
+    t.add_argument("--threads", type=cli.non_negative_int, default=1,
                    help="torch CPU threads (the models are small: one thread is fastest on a shared or small CPU; "
                         "0 = torch's default)")
     o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, default=None, help="output folder (default tasks/mosi/results/<dataset>)")
+    o.add_argument("--out", type=cli.output_dir, default=None,
+                   help="output folder (default tasks/mosi/results/<dataset>)")
     stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -157,16 +172,15 @@ def _check_args(args) -> tuple[list[str], list[str], list[int]]:
             raise ConfigError(f"cmcbep needs at least two modalities, got --modalities {args.modalities}")
     if args.lead != "auto" and args.lead not in mods:
         raise cli.UserError(f"--lead must be auto or one of the modalities {', '.join(mods)}, got {args.lead!r}")
-    if args.max_frames < 0:
-        raise cli.UserError("--max-frames must be >= 0")
-    for name in ("epochs", "batch_size", "hidden"):
-        if getattr(args, name) < 1:
-            raise cli.UserError(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0 <= args.dropout < 1:
-        raise cli.UserError("--dropout must be in [0, 1)")
-    if args.learning_rate <= 0:
-        raise cli.UserError("--learning-rate must be > 0")
-    return mods, specs, parse_seeds(args.seeds)
+    if args.hidden > MAX_HIDDEN:
+        raise cli.UserError(f"--hidden {args.hidden} is wider than {MAX_HIDDEN}")
+    if not args.dropout < 1:
+        raise cli.UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    seeds = parse_seeds(args.seeds)
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise cli.UserError(f"--seeds must be integers from 0 to {MAX_SEED}, got {bad[0]}")
+    return mods, specs, seeds
 
 
 def _check_labels(data, dataset: str) -> None:
@@ -327,8 +341,8 @@ def main(argv=None) -> int:
     from msa import mmsa
 
     if args.make_synthetic is not None:
-        if args.synthetic_samples < 10:
-            raise cli.UserError("--synthetic-samples must be >= 10")
+        if not 10 <= args.synthetic_samples <= MAX_SYNTHETIC:
+            raise cli.UserError(f"--synthetic-samples must be 10 to {MAX_SYNTHETIC}, got {args.synthetic_samples}")
         path = mmsa.write_synthetic(args.make_synthetic, n=args.synthetic_samples, seed=args.synthetic_seed,
                                     dataset="sims" if args.dataset == "sims" else "mosi")
         print(f"synthetic MMSA file ({args.synthetic_samples} samples) -> {path}")

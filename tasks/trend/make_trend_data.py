@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from msa import cli  # noqa: E402
+
 CLASSES = ("negative", "neutral", "positive")  # msa.synthetic's names for off-putting / dull / attractive
 SCORE = {"negative": -1.0, "neutral": 0.0, "positive": 1.0}
 
@@ -72,11 +74,29 @@ def make_trend_dataset(root: str | Path, n_posts: int = 2500, n_days: int = 1200
     (-1/0/1, the tertiles of all values), which run_trend.py then uses as given.
     """
     from msa.synthetic import _draw_image, _write_text
+    from tasks.trend.run_trend import MAX_DATE, MAX_SPAN_DAYS, MIN_DATE
 
     if n_posts < 1 or n_days < 2 or not 1 <= window < n_days:
         raise ValueError(f"need n_posts >= 1, n_days >= 2 and 1 <= window < n_days, got {n_posts}, {n_days}, "
                          f"{window}")
+    if n_days > MAX_SPAN_DAYS + 1:
+        raise ValueError(f"n_days {n_days} is more than run_trend.py reads ({MAX_SPAN_DAYS + 1} days at most)")
+    if not 1 <= image_size <= 1024 or not 0 <= cue_prob <= 1 or not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"need 1 <= image_size <= 1024, 0 <= cue_prob <= 1 and a finite noise >= 0, got {image_size}, "
+                         f"{cue_prob}, {noise}")
+    try:
+        first = pd.Timestamp(start)
+    except (ValueError, TypeError, OverflowError):
+        first = pd.NaT
+    if first is pd.NaT or first.tzinfo is not None:
+        raise ValueError(f"start must be an ISO date (YYYY-MM-DD), got {start!r}")
+    first = first.normalize()
+    if first < MIN_DATE or first + pd.Timedelta(days=n_days - 1) > MAX_DATE:
+        raise ValueError(f"the {n_days} days from {first.date()} must lie between {MIN_DATE.date()} and "
+                         f"{MAX_DATE.date()} (the dates run_trend.py reads)")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} exists and is not a folder")
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -86,7 +106,7 @@ def make_trend_dataset(root: str | Path, n_posts: int = 2500, n_days: int = 1200
     activity = np.exp(0.8 * _smooth_process(rng, n_days, periods=(30, 200)))
     days = np.sort(rng.choice(n_days, size=n_posts, p=activity / activity.sum()))
     p_pos = 1.0 / (1.0 + np.exp(-2.5 * appeal))  # attractive vs off-putting, with dull posts in between
-    dates = pd.date_range(start, periods=n_days, freq="D")
+    dates = pd.date_range(first, periods=n_days, freq="D")
     rows = []
     scores = np.zeros(n_posts)
     log_likes = np.zeros(n_posts)
@@ -131,16 +151,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]),
                                 formatter_class=type("F", (argparse.ArgumentDefaultsHelpFormatter,
                                                            argparse.RawDescriptionHelpFormatter), {}))
-    p.add_argument("--out", type=Path, required=True, help="dataset folder to write (created; files overwritten)")
-    p.add_argument("--n-posts", type=int, default=2500, help="number of posts")
-    p.add_argument("--n-days", type=int, default=1200, help="number of consecutive days the posts fall on")
-    p.add_argument("--window", type=int, default=30, help="window (days) the planted target value is computed over")
-    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same files)")
-    p.add_argument("--start", default="2021-01-01", help="ISO date of the first day")
-    p.add_argument("--image-size", type=int, default=48, help="image height in pixels (JPEG)")
-    p.add_argument("--cue-prob", type=float, default=0.85,
+    p.add_argument("--out", type=cli.output_dir, required=True,
+                   help="dataset folder to write (created; files overwritten)")
+    p.add_argument("--n-posts", type=cli.positive_int, default=2500, help="number of posts")
+    p.add_argument("--n-days", type=cli.positive_int, default=1200,
+                   help="number of consecutive days the posts fall on (2 to 7306, the span run_trend.py reads)")
+    p.add_argument("--window", type=cli.positive_int, default=30,
+                   help="window (days) the planted target value is computed over (below --n-days)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0,
+                   help="random seed (the same seed writes the same files)")
+    p.add_argument("--start", default="2021-01-01",
+                   help="ISO date of the first day (all days between 1970-01-01 and 2100-12-31)")
+    p.add_argument("--image-size", type=cli.positive_int, default=48,
+                   help="image height in pixels (JPEG; at most 1024)")
+    p.add_argument("--cue-prob", type=cli.fraction, default=0.85,
                    help="probability that a post's image (and, separately, its text) shows the post's own class")
-    p.add_argument("--noise", type=float, default=0.3, help="standard deviation of the target noise (logit scale)")
+    p.add_argument("--noise", type=cli.non_negative_float, default=0.3,
+                   help="standard deviation of the target noise (logit scale)")
     p.add_argument("--with-trend", action="store_true", help="also write a trend column (-1/0/1) to targets.csv")
     args = p.parse_args(argv)
     try:
@@ -155,4 +182,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_main(main))

@@ -16,6 +16,9 @@ Input (DIR = --data-root):
     DIR/targets.csv   date,value[,trend]   value = what the window of posts ending on that date must predict;
                       trend (-1/0/1, optional) is the class used as given by --task classification; without it the
                       classes are the tertiles of value over the training windows (1 high, 0 ordinary, -1 none)
+    Dates must lie between 1970-01-01 and 2100-12-31, and the first and last date of each file at most 7305 days
+    (20 years) apart: every day of the span gets a row in memory, so a typo such as 9999-12-31 is refused with
+    the file and line(s) before anything is allocated.
 
 Model. Every post's frozen text and image features (cached) are projected and fused by a fusion from the registry;
 each day is the mean of its posts' fused vectors plus log1p(post count); the day's numeric columns (log1p per post,
@@ -70,6 +73,16 @@ CLASS_NAMES = ("none", "ordinary", "high")
 REGRESSION_METRICS = ("MAE", "RMSE", "Corr", "R2")
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
 RESERVED = ("post_id", "date")
+#: dates outside this range are refused (a typo such as 9999-12-31 would otherwise stretch the day range)
+MIN_DATE = pd.Timestamp("1970-01-01")
+MAX_DATE = pd.Timestamp("2100-12-31")
+#: the longest span, in days, from the first to the last date of posts.csv (or of targets.csv): memory and time
+#: grow with the number of days between them (every day gets a row), so a longer span is refused (20 years)
+MAX_SPAN_DAYS = 7305
+#: the largest seed torch, numpy and random all accept alike
+MAX_SEED = 2**32 - 1
+#: the widest --hidden accepted (the weights grow with its square; wider is a typo, not a model)
+MAX_HIDDEN = 4096
 
 
 def pooled_fusions() -> list[str]:
@@ -86,8 +99,9 @@ def build_parser() -> cli.ArgumentParser:
     d = p.add_argument_group("data")
     d.add_argument("--data-root", type=Path, required=True, default=argparse.SUPPRESS,
                    help="folder with posts.csv, targets.csv and data/{post_id}.jpg|png + .txt (never modified)")
-    d.add_argument("--window", type=int, default=60,
-                   help="days per window: the window ending on date d holds the posts of days d-window+1..d")
+    d.add_argument("--window", type=cli.positive_int, default=60,
+                   help="days per window: the window ending on date d holds the posts of days d-window+1..d "
+                        f"(at most {MAX_SPAN_DAYS})")
     d.add_argument("--task", choices=["regression", "classification"], default="regression",
                    help="predict targets.csv's value (regression) or its trend class -1/0/1 (classification)")
     d.add_argument("--numeric-cols", default=None,
@@ -98,12 +112,14 @@ def build_parser() -> cli.ArgumentParser:
                         "typical engagement of the day's posts; sum: grows with the number of posts, which the "
                         "model also gets as log1p(post count))")
     s = p.add_argument_group("split")
-    s.add_argument("--val-frac", type=float, default=0.15, help="share of the target dates for validation")
-    s.add_argument("--test-frac", type=float, default=0.15, help="share of the target dates for test (the last)")
-    s.add_argument("--extra-gap", type=int, default=0,
+    s.add_argument("--val-frac", type=cli.open_fraction, default=0.15,
+                   help="share of the target dates for validation (> 0; with --test-frac below 1 in sum)")
+    s.add_argument("--test-frac", type=cli.open_fraction, default=0.15,
+                   help="share of the target dates for test (the last; > 0)")
+    s.add_argument("--extra-gap", type=cli.non_negative_int, default=0,
                    help="days purged between splits on top of --window; set it to the target's horizon when a "
                         "value is computed from posts after its date, so that no target period overlaps the next "
-                        "split's windows")
+                        f"split's windows (at most {MAX_SPAN_DAYS})")
     m = p.add_argument_group("model")
     m.add_argument("--text-backbone", default=DEFAULTS["text_backbone"],
                    help="text backbone: registry name or local Hugging Face folder")
@@ -115,32 +131,35 @@ def build_parser() -> cli.ArgumentParser:
                    help="per-post fusion of the text and image features (msa.fusions.FUSIONS; cross_attention "
                         "needs token sequences and is not offered)")
     m.add_argument("--rnn", choices=["lstm", "gru"], default="lstm", help="recurrent layer over the window's days")
-    m.add_argument("--hidden", type=int, default=64,
-                   help="width of the per-post projections, the numeric branch, the day vector and the RNN state")
-    m.add_argument("--dropout", type=float, default=0.2, help="dropout in projections, numeric branch and head")
+    m.add_argument("--hidden", type=cli.positive_int, default=64,
+                   help="width of the per-post projections, the numeric branch, the day vector and the RNN state "
+                        f"(at most {MAX_HIDDEN})")
+    m.add_argument("--dropout", type=cli.fraction, default=0.2,
+                   help="dropout in projections, numeric branch and head (0 <= p < 1)")
     m.add_argument("--loss", choices=["l1", "mse"], default="mse",
                    help="regression loss on the standardised value (classification always uses cross-entropy)")
     m.add_argument("--rows", default=",".join(ROWS),
                    help="comma-separated rows to run, from: mean (majority for classification), numeric, "
                         "image_text, full")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=30, help="maximum epochs per run")
-    t.add_argument("--patience", type=int, default=6,
+    t.add_argument("--epochs", type=cli.positive_int, default=30, help="maximum epochs per run")
+    t.add_argument("--patience", type=cli.non_negative_int, default=6,
                    help="stop after this many epochs without a better validation score (0 = never)")
-    t.add_argument("--batch-size", type=int, default=32, help="windows per step")
-    t.add_argument("--block", type=int, default=8,
+    t.add_argument("--batch-size", type=cli.positive_int, default=32, help="windows per step")
+    t.add_argument("--block", type=cli.positive_int, default=8,
                    help="a batch is made of random blocks of this many consecutive training windows (1 = fully "
                         "shuffled windows; larger blocks share days, so a step fuses fewer posts and runs faster)")
-    t.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate")
-    t.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    t.add_argument("--seeds", default="42,43,44", help="comma-separated seeds; every row is trained once per seed")
+    t.add_argument("--learning-rate", type=cli.positive_float, default=1e-3, help="AdamW learning rate")
+    t.add_argument("--weight-decay", type=cli.non_negative_float, default=0.01, help="AdamW weight decay")
+    t.add_argument("--seeds", default="42,43,44",
+                   help="comma-separated seeds (integers 0 .. 2^32-1); every row is trained once per seed")
     o = p.add_argument_group("features and output")
-    o.add_argument("--out", type=Path, default=None, help="output folder; None = tasks/trend/results/<task>")
-    o.add_argument("--jobs", type=int, default=2,
+    o.add_argument("--out", type=cli.output_dir, default=None, help="output folder; None = tasks/trend/results/<task>")
+    o.add_argument("--jobs", type=cli.positive_int, default=2,
                    help="training runs in parallel processes on the CPU, one torch thread each (1 = in this process; "
                         "on a GPU always 1)")
-    o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
-    o.add_argument("--feature-batch-size", type=int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--cache-dir", type=cli.output_dir, default=cli.CACHE_ROOT / "features", help="feature cache folder")
+    o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
     stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -169,6 +188,8 @@ def _lines(frame: pd.DataFrame, mask) -> str:
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if path.is_dir():
+        raise cli.UserError(f"{what} {path} is a folder, not a CSV file")
     if not path.is_file():
         raise cli.UserError(f"{what} not found: {path}")
     try:
@@ -181,17 +202,46 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
     return frame
 
 
+def _one_date(text: str):
+    try:
+        ts = pd.to_datetime(text, format="ISO8601", errors="coerce")
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+    return ts.tz_localize(None) if ts is not pd.NaT and ts.tzinfo is not None else ts
+
+
 def parse_dates(frame: pd.DataFrame, path: Path) -> pd.Series:
-    """Calendar dates of ``frame["date"]`` (ISO; a time of day is dropped); unparseable ones are a UserError."""
+    """Calendar dates of ``frame["date"]`` (ISO; a time of day is dropped). Unparseable dates, dates outside
+    :data:`MIN_DATE` .. :data:`MAX_DATE` and a span of more than :data:`MAX_SPAN_DAYS` days from the first to the
+    last date are a UserError naming the file and the line(s); nothing sized by the span is allocated here."""
     raw = frame["date"]
-    with_tz = raw.str.contains(r"T.*(?:[+-]\d\d:?\d\d|Z)$", regex=True)
-    parsed = pd.to_datetime(raw.where(~with_tz, raw.str.slice(0, 10)), format="ISO8601", errors="coerce")
+    with_tz = raw.str.contains(r"[T ].*(?:[+-]\d\d:?\d\d|Z)$", regex=True)  # the local calendar date is kept
+    text = raw.where(~with_tz, raw.str.slice(0, 10))
+    try:
+        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_localize(None)
+    except (ValueError, TypeError, OverflowError):  # mixed time zones or forms: one value at a time
+        parsed = pd.Series([_one_date(x) for x in text], index=raw.index, dtype="datetime64[us]")
     bad = parsed.isna()
     if bad.any():
         first = frame.loc[bad, "date"].iloc[0]
         raise cli.UserError(f"{path}: {int(bad.sum())} date(s) are not ISO dates (YYYY-MM-DD), e.g. {first!r} on "
                             f"line(s) {_lines(frame, bad)}")
-    return parsed.dt.normalize()
+    parsed = parsed.dt.normalize()
+    out = (parsed < MIN_DATE) | (parsed > MAX_DATE)
+    if out.any():
+        raise cli.UserError(f"{path}: {int(out.sum())} date(s) outside {MIN_DATE.date()} .. {MAX_DATE.date()}, e.g. "
+                            f"{frame.loc[out, 'date'].iloc[0]!r} on line(s) {_lines(frame, out)}")
+    first, last = parsed.idxmin(), parsed.idxmax()
+    span = int((parsed[last] - parsed[first]).days)
+    if span > MAX_SPAN_DAYS:
+        raise cli.UserError(f"{path}: the dates span {span} days, from {parsed[first].date()} (line "
+                            f"{int(frame.loc[first, '_line'])}) to {parsed[last].date()} (line "
+                            f"{int(frame.loc[last, '_line'])}); at most {MAX_SPAN_DAYS} days (20 years) are "
+                            "supported, as every day of the span is held in memory: fix a mistyped date or split "
+                            "the data")
+    return parsed
 
 
 def _numeric(frame: pd.DataFrame, col: str, path: Path) -> pd.Series:
@@ -313,8 +363,8 @@ def load_inputs(root: Path, window: int, task: str, numeric_cols: str | None = N
     the first full window, or after the last post date) are skipped; both are logged and listed in split.csv."""
     from msa.data import find_image
 
-    if window < 1:
-        raise cli.UserError(f"--window must be at least 1 day, got {window}")
+    if not 1 <= window <= MAX_SPAN_DAYS:
+        raise cli.UserError(f"--window must be 1 to {MAX_SPAN_DAYS} days (the longest date span), got {window}")
     root = Path(root)
     if not root.is_dir():
         raise cli.UserError(f"--data-root {root} is not a folder")
@@ -790,6 +840,23 @@ def plot_predictions(path: Path, targets: pd.DataFrame, preds: pd.DataFrame, tas
 
 
 # --------------------------------------------------------------------------------------------------- main
+def check_args(args, seeds: list[int]) -> None:
+    """What the flags' own types cannot check: ranges that involve the data's limits or two flags at once."""
+    if args.hidden > MAX_HIDDEN:
+        raise cli.UserError(f"--hidden {args.hidden} is wider than {MAX_HIDDEN}")
+    if not args.dropout < 1:
+        raise cli.UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if not args.val_frac + args.test_frac < 1:
+        raise cli.UserError(f"--val-frac {args.val_frac} + --test-frac {args.test_frac} leave no target date for "
+                            "training: their sum must be below 1")
+    for name, v in (("--window", args.window), ("--extra-gap", args.extra_gap)):
+        if v > MAX_SPAN_DAYS:
+            raise cli.UserError(f"{name} {v} is longer than the longest date span supported ({MAX_SPAN_DAYS} days)")
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise cli.UserError(f"--seeds must be integers from 0 to {MAX_SEED}, got {bad[0]}")
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -810,11 +877,7 @@ def main(argv=None) -> int:
     if unknown or not rows:
         raise cli.UserError(f"--rows: unknown row(s) {unknown}; choose from {', '.join(ROWS)}")
     rows = [("mean" if r == "majority" else r) for r in ROWS if r in rows or (r == "mean" and "majority" in rows)]
-    for name, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--hidden", args.hidden)):
-        if v < 1:
-            raise cli.UserError(f"{name} must be at least 1, got {v}")
-    if not 0 <= args.dropout < 1:
-        raise cli.UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    check_args(args, seeds)
 
     stamp_path = out / "inputs.json"
     inputs = stamp.inputs_of(args, files=[root / "posts.csv", root / "targets.csv"], code=[Path(__file__)],
