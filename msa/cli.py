@@ -123,6 +123,16 @@ def output_dir(text: str) -> Path:
     return path
 
 
+def parse_list(text: str, allowed, flag: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]`` (duplicates dropped), each one of ``allowed``; else a :class:`UserError`."""
+    items = list(dict.fromkeys(x.strip() for x in str(text).split(",") if x.strip()))
+    unknown = [x for x in items if x not in allowed]
+    if unknown or not items:
+        raise UserError(f"{flag}: unknown value(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(allowed)}")
+    return items
+
+
 # ------------------------------------------------------------------------------ secrets in arguments
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/?#@\s]+)@")
 _URL_SECRET_PARAM = re.compile(r"(?i)(?P<name>[?&;](?:api[_\-]?key|key|token|access[_\-]?token|auth|secret|"

@@ -25,15 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # python msa/demo.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from msa import cli
+from msa.stages import STAGES
 
 REPO = cli.REPO_ROOT
 #: what `make run` needs of the project, copied into <out>/pipeline
-CODE = ("msa", "phase0", "phase1", "phase2", "phase3", "phase4", "phase5", "phase6", "final", "configs")
-FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "requirements-models.txt", "pyproject.toml")
+CODE = ("msa", *(stage.name for stage in STAGES), "configs")
+FILES = ("Makefile", "requirements.lock", "requirements-models.txt", "pyproject.toml")
 #: preset -> (labelled posts, test posts, make variables)
 PRESETS = {
     "quick": (400, 40, {"SEEDS": "42,43", "TRIALS": "6",
@@ -105,7 +103,8 @@ def main(argv=None) -> int:
               f"deliberately faulty ones for the audit) -> {data}", flush=True)
     pipeline = out / "pipeline"
     copy_code(pipeline)
-    env = dict(os.environ, MSA_CACHE_DIR=str(out / "cache"), MPLBACKEND="Agg")
+    # PYTHONPATH: the copy's scripts import the copy's msa, not the project's (which `make setup` installs)
+    env = dict(os.environ, MSA_CACHE_DIR=str(out / "cache"), MPLBACKEND="Agg", PYTHONPATH=str(pipeline))
     cmd = ["make", "--no-print-directory", "-C", str(pipeline), "run", f"DATA={data}", f"VENV={venv}",
            *(f"{k}={v}" for k, v in make_vars.items())]
     print(f"demo: running the pipeline ({args.preset} preset) in {pipeline}", flush=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -296,6 +298,41 @@ def radar_chart(table, metrics: Sequence[tuple[str, str]], path: str | Path, tit
     fig.suptitle(f"{title}\n(radial axis from {rlim[0]:.2f} to {rlim[1]:.2f}, not from 0)" if rlim[0] > 0
                  else title)
     fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def hard_samples_figure(samples, data_dir: Path, path: Path, title: str = "", ncols: int = 3) -> Path:
+    """A few hard samples: the image, true and predicted label, the post's text and its caption.
+
+    ``samples``: rows with ``guid``, ``label``, ``pred``, ``p_true``, ``reason``, ``caption``."""
+    from msa.data import load_image
+    from msa.io import save_figure
+
+    plt = pyplot()
+    samples = list(samples)
+    ncols = max(1, min(ncols, len(samples)))
+    nrows = max(1, -(-len(samples) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 5.4 * nrows), squeeze=False)
+    for ax, s in zip(axes.flat, samples):
+        img = load_image(data_dir, s["guid"], draft_size=(320, 320)).image.copy()
+        img.thumbnail((320, 320))
+        ax.imshow(img)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{s['guid']}: true {s['label']}, predicted {s['pred']}\n(p true {s['p_true']:.2f}; "
+                     f"{s['reason']})", fontsize=8)
+        text = textwrap.shorten(" ".join(str(s.get("text", "")).split()), 150, placeholder=" ...")
+        cap = textwrap.shorten(" ".join(str(s.get("caption", "")).split()), 200, placeholder=" ...")
+        ax.set_xlabel("text: " + "\n".join(textwrap.wrap(text, 52)) + "\n\ncaption: "
+                      + "\n".join(textwrap.wrap(cap, 52)), fontsize=7.5, loc="left")
+    for ax in axes.flat[len(samples):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+        fig.tight_layout()
     out = save_figure(fig, path)
     plt.close(fig)
     return out

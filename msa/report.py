@@ -15,42 +15,19 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # python msa/report.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from msa import cli
 from msa.io import write_text
+from msa.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "REPORT.md"
 
 #: (title, summary markdown files (first found), figure folders (the one at the found summary's position),
-#: one-line "how to read")
-PHASES = (
-    ("Phase 0: dataset audit", ["phase0/results/data_summary.md"], ["phase0/figures"],
-     "What was read, removed and why; the persisted split every later number is measured on."),
-    ("Phase 1: baseline", ["phase1/results/Phase1_Baseline_summary.md"], ["phase1/figures"],
-     "The seed's baseline recipe (concat fusion, cross-entropy) on the frozen offline backbones."),
-    ("Phase 2: fusion and hyper-parameter search", ["phase2/results/summary.md"], ["phase2/figures"],
-     "Every fusion with the same settings and seeds, then an Optuna search on the best one."),
-    ("Phase 3: class-imbalance losses", ["phase3/results/summary.md"], ["phase3/figures"],
-     "Each loss x sampler over seeds; the differences to CE come with their standard errors."),
-    ("Phase 4: hard samples and caption augmentation", ["phase4/results/summary.md"], ["phase4/figures"],
-     "Fine-tuning from phase 3 with captions of hard training posts; `none` is the no-caption control."),
-    ("Phase 5: modality ablation", ["phase5/results/ablation.md"], ["phase5/figures"],
-     "Masking one modality of the trained model vs retraining without it."),
-    ("Phase 6: CLIP linear probes", ["phase6/results/summary.md"], ["phase6/figures"],
-     "Linear probes on frozen embeddings (CLIP when its folder exists) against the phase-4 model."),
-    ("Final recipe: cross-validated", ["final/ablation/summary.md", "final/results/summary.md"],
-     ["final/ablation/figures", "final/figures"],
-     "The recipe predict.txt comes from, measured by 5-fold CV (early stopping and any decision rule on inner "
-     "validation data, each post held out once); each further row adds, removes or swaps one part of the recipe "
-     "(Δ weighted F1 against the recipe on the same folds). Then where its held-out errors are: per class, by "
-     "slice, and the most confident mistakes with their texts."),
-)
+#: one-line "how to read"): one section per stage of the registry
+PHASES = tuple((st.title, list(st.summaries), list(st.figures), st.how_to_read) for st in STAGES)
 
 #: Further Markdown pages shown after a section's summary when they exist.
-EXTRAS = {"Final recipe: cross-validated": ["final/results/errors.md"]}
+EXTRAS = {st.title: list(st.extras) for st in STAGES if st.extras}
 
 
 def _read_json(path: Path) -> dict | None:

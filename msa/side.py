@@ -63,7 +63,7 @@ def _vader(text: str) -> list[float]:
     if _VADER is None:
         try:
             from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-        except ImportError:  # pragma: no cover - requirements.txt installs it
+        except ImportError:  # pragma: no cover - make setup installs it
             raise UserError("side feature 'vader' needs the vadersentiment package: pip install vadersentiment") \
                 from None
         _VADER = SentimentIntensityAnalyzer()

@@ -18,14 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from msa import cli, stamp  # noqa: E402
-from msa.data import LABELS  # noqa: E402
-from msa.io import save_figure, write_json, write_text  # noqa: E402
-from msa.splits import load_split, split_path  # noqa: E402
+from msa import cli, stamp
+from msa.data import LABELS
+from msa.io import save_figure, write_json, write_text
+from msa.splits import load_split, split_path
 
 log = logging.getLogger("phase0.analysis")
 PHASE_DIR = Path(__file__).resolve().parent

@@ -33,14 +33,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from msa import cli, stamp  # noqa: E402
-from msa.data import (  # noqa: E402
+from msa import cli, stamp
+from msa.data import (
     AUDIT_COLUMNS,
     LABELS,
     TRUNCATED_DETAIL,
@@ -50,8 +48,8 @@ from msa.data import (  # noqa: E402
     read_index,
     read_text,
 )
-from msa.io import atomic_files, file_sha256, remove_stale_temps  # noqa: E402
-from msa.splits import (  # noqa: E402
+from msa.io import atomic_files, file_sha256, remove_stale_temps
+from msa.splits import (
     load_split,
     split_path,
     stratified_folds,

@@ -23,9 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from msa import cli, stamp  # noqa: E402
+from msa import cli, stamp
 
 log = logging.getLogger("phase1")
 PHASE_DIR = Path(__file__).resolve().parent

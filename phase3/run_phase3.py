@@ -35,9 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from msa import cli, stamp  # noqa: E402
+from msa import cli, stamp
 
 log = logging.getLogger("phase3")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -123,15 +121,6 @@ def build_parser() -> cli.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def parse_list(text: str, allowed, flag: str) -> list[str]:
-    items = list(dict.fromkeys(x.strip() for x in str(text).split(",") if x.strip()))
-    unknown = [x for x in items if x not in allowed]
-    if unknown or not items:
-        raise cli.UserError(f"{flag}: unknown value(s) {', '.join(unknown) or '(none given)'}; "
-                            f"choose from {', '.join(allowed)}")
-    return items
-
-
 def load_start_config(path: Path) -> tuple[dict | None, dict]:
     """Phase 2's ``best_config.json``: ``(settings or None, description of where phase 3 started)``."""
     from msa.settings import read_json_file
@@ -265,8 +254,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     t0 = time.time()
-    losses = parse_list(args.losses, list(LOSSES), "--losses")
-    samplers = parse_list(args.samplers, list(SAMPLERS), "--samplers")
+    losses = cli.parse_list(args.losses, list(LOSSES), "--losses")
+    samplers = cli.parse_list(args.samplers, list(SAMPLERS), "--samplers")
     seeds = parse_seeds(args.seeds)
     stamp_path = args.results_dir / "inputs.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)

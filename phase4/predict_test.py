@@ -25,9 +25,8 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from msa import cli  # noqa: E402
+from msa import cli
+from msa.predict import default_model, load_members, member_proba, write_provenance
 
 log = logging.getLogger("phase4.predict")
 REPO = Path(__file__).resolve().parents[1]
@@ -61,42 +60,6 @@ def build_parser() -> cli.ArgumentParser:
     one.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
-
-
-def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Path, cache_dir: Path,
-                 batch_size: int, progress: bool = True, check_files: bool = True):
-    """``(probabilities (N, 3), views used)`` of ``guids`` (files under ``data_dir``) by checkpoint ``members``: the
-    mean over members and test-time ``views`` (none without an image modality), with the decision ``bias``.
-    ``check_files``: a missing data folder, or one without the files of most guids, is an error (not placeholders)."""
-    import json
-
-    import numpy as np
-    import torch
-
-    from msa import side
-    from msa.ensemble import apply_bias
-    from msa.features import extract_features, with_image_view
-    from msa.trainer import predict_rows
-
-    tb, ib = backbones_for(members[0][1])
-    token_mods = sorted({m for _, c in members for m in c.get("token_modalities", [])})
-    fs = extract_features(guids, data_dir, tb, ib, cache_dir, tokens=token_mods, batch_size=batch_size,
-                          progress=progress, check_files=check_files)
-    views = views if ib is not None else []
-    # each member's numeric side features as it was trained (csv rows of posts not predicted here are ignored)
-    sides = {json.dumps(c.get("side_features"), sort_keys=True): c for _, c in members}
-    sides = {k: side.for_checkpoint(c, guids, data_dir, cache_dir, progress, strict=False) for k, c in sides.items()}
-    probas = []
-    for view in [None, *views]:  # test-time augmentation: the mean over the image and its views
-        vfs = fs if view is None else with_image_view(fs, extract_features(
-            guids, data_dir, None, ib, cache_dir, tokens=[m for m in token_mods if m == "image"],
-            batch_size=batch_size, image_view=view, progress=progress, check_files=False))
-        with torch.no_grad():
-            probas += [predict_rows(model, side.attach(vfs, sides[json.dumps(config.get("side_features"),
-                                                                             sort_keys=True)]),
-                                    range(len(guids)), config.get("token_modalities", []))
-                       for model, config in members]
-    return apply_bias(np.mean(probas, axis=0), bias), views
 
 
 def predict_one(args, ckpt: Path) -> int:
@@ -151,99 +114,6 @@ def predict_one(args, ckpt: Path) -> int:
     else:
         print(f"{label}  ({', '.join(f'{lab} {v:.3f}' for lab, v in probs.items())})  model: {ckpt}")
     return 0
-
-
-def default_model() -> Path:
-    """predict_test's default: the final recipe's ensemble when it exists, else :func:`default_checkpoint`."""
-    from msa.ensemble import is_ensemble
-
-    final = REPO / "final" / "results" / "best"
-    return final if is_ensemble(final) else default_checkpoint()
-
-
-def load_members(ckpt: Path):
-    """``([(model, config), ...], bias, tta views)`` of a checkpoint folder or an ensemble folder, every member
-    checked; the views (e.g. ``["hflip"]``) are the test-time augmentations the ensemble was evaluated with."""
-    from msa.checkpoint import load_checkpoint
-    from msa.data import LABELS
-    from msa.ensemble import is_ensemble, read_ensemble
-    from msa.features import TEXT_NORMALISATION
-
-    if is_ensemble(ckpt):
-        spec = read_ensemble(ckpt)
-        members, bias, views = [load_checkpoint(d) for d in spec["member_dirs"]], spec.get("bias"), spec.get("tta", [])
-    else:
-        members, bias, views = [load_checkpoint(ckpt)], None, []
-    first = members[0][1]
-    for _, config in members:
-        if list(config.get("labels", [])) != list(LABELS):
-            raise cli.UserError(f"{ckpt} predicts labels {config.get('labels')}, this project uses {list(LABELS)}")
-        if config.get("text_normalisation", TEXT_NORMALISATION) != TEXT_NORMALISATION:
-            raise cli.UserError(f"{ckpt} was trained with another text normalisation; retrain it with this version")
-        if config.get("backbones") != first.get("backbones"):
-            raise cli.UserError(f"the members of {ckpt} were trained on different backbones")
-    return members, bias, list(views)
-
-
-def default_checkpoint() -> Path:
-    for phase in ("phase4", "phase3", "phase1"):
-        best = REPO / phase / "results" / "best" / "checkpoint"
-        if (best / "model.safetensors").is_file():
-            return best
-    found = sorted(REPO.glob("phase*/results/*/checkpoint/model.safetensors"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise cli.UserError("no trained model found: train one first (`make run DATA=path/to/dataset`, or "
-                            "`make demo` on synthetic data; the quickest single model: python phase1/main.py "
-                            "--data-root DATA), or pass --checkpoint DIR")
-    return found[-1].parent
-
-
-def backbones_for(config: dict):
-    """Rebuild the backbones a checkpoint was trained on and refuse any whose weights differ."""
-    from msa.backbones import image_backbone, text_backbone
-
-    built = {}
-    for modality, loader in (("text", text_backbone), ("image", image_backbone)):
-        info = config.get("backbones", {}).get(modality)
-        if info is None:
-            built[modality] = None
-            continue
-        pre = info.get("preprocessing", {})
-        kw = {"pooling": pre.get("pooling"), "max_length": pre.get("max_length")} if modality == "text" else {}
-        bb = loader(info["name"], **{k: v for k, v in kw.items() if v})
-        if bb.info.weights_sha256 != info["weights_sha256"] or bb.info.key() != info["key"]:
-            raise cli.UserError(
-                f"the checkpoint was trained on {modality} backbone {info['name']} with weights "
-                f"{info['weights_sha256'][:12]}, but what loads under that name now has "
-                f"{bb.info.weights_sha256[:12]} (or different preprocessing): its features would not match")
-        built[modality] = bb
-    return built["text"], built["image"]
-
-
-def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts: dict, n_members: int = 1,
-                     bias=None, tta=()) -> None:
-    import json
-    import time
-
-    from msa.ensemble import ENSEMBLE_FILE
-    from msa.io import file_sha256, write_json
-
-    ensemble = (Path(ckpt) / ENSEMBLE_FILE).is_file()
-    run = Path(ckpt) if ensemble else Path(ckpt).parent
-    source = (run / "SOURCE").read_text(encoding="utf-8").strip() if (run / "SOURCE").is_file() else None
-    metrics = {}
-    if (run / "metrics.json").is_file():
-        m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        metrics = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "f1_neutral") if k in m}
-    write_json(path, {"output": str(Path(output).resolve()), "rows": int(sum(counts.values())), "counts": counts,
-                      "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "checkpoint": str(Path(ckpt).resolve()),
-                      "source_run": source, "model_sha256": file_sha256(Path(ckpt) / (ENSEMBLE_FILE if ensemble
-                                                                 else "model.safetensors")),
-                      "members": n_members, "decision_bias": bias, "test_time_views": list(tta),
-                      "backbones": {m: b.get("name") for m, b in (config.get("backbones") or {}).items()
-                                    if "name" in b},
-                      "side_features": (config.get("side_features") or {}).get("features", []),
-                      "validation": metrics})
 
 
 def main(argv=None) -> int:

@@ -41,9 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from msa import cli, stamp  # noqa: E402
+from msa import cli, stamp
 
 #: Your vision-language API key may go here (environment variables VLM_API_KEY, DASHSCOPE_API_KEY, OPENAI_API_KEY
 #: take precedence). It is only sent to --vlm-base-url and never written to logs, caches or results.
@@ -60,8 +58,8 @@ SELECT_METRICS = ("weighted_f1", "macro_f1", "f1_neutral", "accuracy")
 
 def build_parser() -> cli.ArgumentParser:
     from msa.augment import MODES
+    from msa.captioning import add_captioner_args
     from msa.settings import add_resume_arg
-    from phase4.augmentations import add_captioner_args
 
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
     cli.add_data_args(p)
@@ -213,23 +211,21 @@ def main(argv=None) -> int:
 
     from msa import side as side_mod
     from msa.augment import MODES, augment_features, index_frame, mine_hard, train_rows
-    from msa.captioning import items_from_data_dir
+    from msa.captioning import build_captioner, items_from_data_dir
     from msa.checkpoint import copy_run_dir, load_checkpoint
     from msa.data import LABELS, read_text
     from msa.experiment import Labelled, RunSpec, labelled_features, load_labelled, run_grid
     from msa.io import write_csv, write_json, write_text
     from msa.metrics import classification_metrics
-    from msa.plots import confusion_grid, grouped_bars
+    from msa.plots import confusion_grid, grouped_bars, hard_samples_figure
+    from msa.predict import backbones_for
     from msa.settings import parse_seeds
     from msa.trainer import predict_rows
-    from phase3.run_phase3 import parse_list
-    from phase4.augmentations import build_captioner, hard_samples_figure
-    from phase4.predict_test import backbones_for
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     t0 = time.time()
-    modes = parse_list(args.modes, MODES, "--modes")
+    modes = cli.parse_list(args.modes, MODES, "--modes")
     stamp_path = args.results_dir / "inputs.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
                              + [Path(args.phase3_dir) / "best.json"], code=[Path(__file__)])

@@ -47,9 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from msa import cli, stamp  # noqa: E402
+from msa import cli, stamp
 
 log = logging.getLogger("phase5")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -243,8 +241,8 @@ def main(argv=None) -> int:
     from msa.io import write_csv, write_json, write_text
     from msa.metrics import classification_metrics
     from msa.plots import radar_chart
+    from msa.predict import backbones_for, default_checkpoint
     from msa.trainer import predict_rows
-    from phase4.predict_test import backbones_for, default_checkpoint
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)

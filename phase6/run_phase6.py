@@ -44,9 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from msa import cli, stamp  # noqa: E402
+from msa import cli, stamp
 
 log = logging.getLogger("phase6")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -60,8 +58,8 @@ PROBE_SETS = ("image", "text", "image+text")
 
 
 def build_parser() -> cli.ArgumentParser:
+    from msa.clip import DEFAULT_CLIP
     from msa.probes import CV_METRICS, DEFAULT_CS
-    from phase6.clip_classifier import DEFAULT_CLIP
 
     p = cli.ArgumentParser(description=__doc__)
     cli.add_data_args(p)
@@ -237,9 +235,9 @@ def clip_features(args, data, data_dir: Path, device: str):
     """Embeddings and zero-shot probabilities from CLIP: (probe feature sets, zero-shot probas, info, stats)."""
     import torch
 
+    from msa import clip as cc
     from msa.data import LABELS
     from msa.features import model_text
-    from phase6 import clip_classifier as cc
 
     clip = cc.load_clip(args.clip_model, device)
     img, s_img = cc.image_embeddings(clip, data_dir, data.guids, args.cache_dir, args.batch_size)
@@ -354,12 +352,12 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
+    from msa.clip import clip_problem, how_to_get, resolve_folder
     from msa.data import LABELS
     from msa.experiment import load_labelled
     from msa.io import write_csv, write_json, write_text
     from msa.metrics import classification_metrics
     from msa.probes import check_folds, evaluate_probe
-    from phase6.clip_classifier import clip_problem, how_to_get, resolve_folder
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)

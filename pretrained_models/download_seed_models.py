@@ -22,9 +22,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msa import cli  # noqa: E402
+from msa import cli
 
 HERE = Path(__file__).resolve().parent
 SEED_MODELS: dict[str, str] = {

@@ -12,6 +12,20 @@ from msa.synthetic import add_faulty_samples, make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: the fast tier (`make test-fast`, `pytest -m "not slow"`): unit tests of the library, well under a minute;
+#: every other test file runs phases, tasks, the demo or the real data end to end and is marked slow
+FAST_FILES = frozenset({
+    "test_cli.py", "test_data.py", "test_metrics.py", "test_losses.py", "test_stamp.py", "test_layout.py",
+    "test_errors.py", "test_captioning.py", "test_pretrained.py", "test_report.py", "test_features.py",
+    "test_registries.py",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(str(item.fspath)).name not in FAST_FILES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:

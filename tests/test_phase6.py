@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
+from msa import clip as cc
 from msa import probes
 from msa.cli import run_main
 from msa.features import FeatureStore, image_content_key
 from msa.splits import load_split
 from phase0 import data_cleaner
-from phase6 import clip_classifier as cc
 from phase6 import run_phase6 as phase6
 from tests.tiny_models import quiet_transformers, tiny_bert, tiny_clip, tiny_vit
 

@@ -20,9 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from msa import cli  # noqa: E402
+from msa import cli
 
 
 def build_parser() -> cli.ArgumentParser:

@@ -34,12 +34,10 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from msa import cli  # noqa: E402
+from msa import cli
 
 CLASSES = ("negative", "neutral", "positive")  # msa.synthetic's names for off-putting / dull / attractive
 SCORE = {"negative": -1.0, "neutral": 0.0, "positive": 1.0}

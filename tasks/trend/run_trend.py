@@ -58,12 +58,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from msa import cli, stamp  # noqa: E402
+from msa import cli, stamp
 
 log = logging.getLogger("trend")
 TASK_DIR = Path(__file__).resolve().parent
