@@ -161,6 +161,35 @@ def _is_scalar(v) -> bool:
     return isinstance(v, (Real, np.number)) and not isinstance(v, (bool, np.bool_))
 
 
+def mean_std(values, skipna: bool = False) -> tuple[float, float]:
+    """``(mean, sample std)`` of ``values`` (ddof=1; 0.0 for a single value): the seed/fold summary of every table.
+    A NaN propagates, unless ``skipna`` (pandas' rule: NaNs are left out, the std of one value left is NaN)."""
+    arr = np.asarray(values, dtype=float)
+    n = arr.size
+    if skipna:
+        arr = arr[~np.isnan(arr)]
+        if arr.size == 0:
+            return float("nan"), (float("nan") if n > 1 else 0.0)
+        return float(arr.mean()), (0.0 if n <= 1 else float(arr.std(ddof=1)) if arr.size > 1 else float("nan"))
+    return float(arr.mean()), (float(arr.std(ddof=1)) if n > 1 else 0.0)
+
+
+def mean_std_columns(frame, metrics: Iterable[str], present_only: bool = True) -> dict:
+    """``{"<m>_mean": ..., "<m>_std": ...}`` over the rows of ``frame`` (one row per seed or fold) for each metric,
+    NaNs left out as pandas does (with ``present_only``, metrics that are not columns of ``frame`` are left out)."""
+    out = {}
+    for m in metrics:
+        if present_only and m not in frame:
+            continue
+        out[f"{m}_mean"], out[f"{m}_std"] = mean_std(frame[m], skipna=True)
+    return out
+
+
+def pm(row, key: str, digits: int = 4) -> str:
+    """The ``mean ± std`` cell of ``key`` in a summary row (``<key>_mean`` and ``<key>_std`` fields)."""
+    return f"{row[f'{key}_mean']:.{digits}f} ± {row[f'{key}_std']:.{digits}f}"
+
+
 def summarise_runs(runs: Iterable[Mapping]) -> dict:
     """Mean and standard deviation over runs (e.g. seeds) of every scalar metric.
 

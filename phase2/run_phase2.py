@@ -54,26 +54,24 @@ def summarise(results: list[dict], key: str = "tag"):
     """One row per method: mean and std (ddof=1) over seeds of every metric in METRICS."""
     import pandas as pd
 
+    from msa.metrics import mean_std_columns
+
     frame = pd.DataFrame(results)
-    rows = []
-    for name, grp in frame.groupby(key, sort=False):
-        row = {key: name, "n_seeds": len(grp)}
-        for m in METRICS:
-            if m in grp:
-                row[f"{m}_mean"] = grp[m].mean()
-                row[f"{m}_std"] = grp[m].std(ddof=1) if len(grp) > 1 else 0.0
-        rows.append(row)
+    rows = [{key: name, "n_seeds": len(grp), **mean_std_columns(grp, METRICS)}
+            for name, grp in frame.groupby(key, sort=False)]
     return pd.DataFrame(rows).set_index(key)
 
 
 def markdown_table(table, title: str, first: str = "fusion") -> str:
+    from msa.metrics import pm
+
     cols = [("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"),
             ("f1_neutral", "neutral F1"), ("ece", "ECE")]
     lines = [title, "", f"| {first} | " + " | ".join(n for _, n in cols) + " | seconds/run |",
              "|---|" + "---:|" * (len(cols) + 1)]
     best = table["weighted_f1_mean"].idxmax()
     for name, r in table.iterrows():
-        cells = [f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}" for k, _ in cols]
+        cells = [pm(r, k) for k, _ in cols]
         label = f"**{name}**" if name == best else str(name)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['seconds_mean']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from msa import cli, stamp
+from msa.metrics import pm
 
 log = logging.getLogger("phase3")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -165,14 +166,13 @@ def summarise(runs, methods: list[tuple[str, str]]):
     """One row per (loss, sampler) in ``methods`` order: mean and std (ddof=1) over seeds of METRICS."""
     import pandas as pd
 
+    from msa.metrics import mean_std_columns
+
     rows = []
     for loss, sampler in methods:
         grp = runs[(runs["loss"] == loss) & (runs["sampler"] == sampler)]
-        row = {"method": f"{loss}-{sampler}", "loss": loss, "sampler": sampler, "n_seeds": len(grp)}
-        for m in METRICS:
-            row[f"{m}_mean"] = float(grp[m].mean())
-            row[f"{m}_std"] = float(grp[m].std(ddof=1)) if len(grp) > 1 else 0.0
-        rows.append(row)
+        rows.append({"method": f"{loss}-{sampler}", "loss": loss, "sampler": sampler, "n_seeds": len(grp),
+                     **mean_std_columns(grp, METRICS, present_only=False)})
     return pd.DataFrame(rows).set_index("method")
 
 
@@ -200,10 +200,6 @@ def compare_with_ce(runs, table, metric: str = "f1_neutral") -> list[dict]:
     return out
 
 
-def _pm(r, key: str) -> str:
-    return f"{r[f'{key}_mean']:.4f} ± {r[f'{key}_std']:.4f}"
-
-
 def markdown(table, comparisons: list[dict], start: dict, settings: dict, best: dict, header: str,
              select_metric: str) -> str:
     lines = [header, "", f"Started from: {start['source']}" + (f" (`{start['path']}`)" if start.get("path") else ""),
@@ -219,7 +215,7 @@ def markdown(table, comparisons: list[dict], start: dict, settings: dict, best: 
               "| loss | sampler | " + " | ".join(n for _, n in TABLE_METRICS) + " | best epoch | s/run |",
               "|---|---|" + "---:|" * (len(TABLE_METRICS) + 2)]
     for method, r in table.iterrows():
-        cells = [_pm(r, k) for k, _ in TABLE_METRICS]
+        cells = [pm(r, k) for k, _ in TABLE_METRICS]
         name = f"**{r['loss']}**" if method == best["method"] else r["loss"]
         lines.append(f"| {name} | {r['sampler']} | " + " | ".join(cells)
                      + f" | {r['best_epoch_mean']:.1f} | {r['seconds_mean']:.1f} |")
@@ -344,7 +340,7 @@ def main(argv=None) -> int:
         panels[name] = (proba, y)
         cm = np.zeros((len(LABELS), len(LABELS)), dtype=int)
         np.add.at(cm, (y, proba.argmax(1)), 1)
-        matrices[f"{name}\nneutral F1 {_pm(table.loc[method], 'f1_neutral')}"] = cm
+        matrices[f"{name}\nneutral F1 {pm(table.loc[method], 'f1_neutral')}"] = cm
     reliability_diagrams(panels, args.figures_dir / "reliability.png", n_bins=args.reliability_bins,
                          ncols=len(samplers), title=f"Reliability on the validation split ({len(seeds)} seed(s) "
                          "pooled)")

@@ -148,20 +148,20 @@ def start_checkpoints(best: dict, phase3_dir: Path, seeds: list[int], init: str)
 def summarise(runs, rows: list[str]):
     import pandas as pd
 
+    from msa.metrics import mean_std_columns
+
     out = []
     for name in rows:
         grp = runs[runs["mode"] == name]
-        row = {"method": name, "n_seeds": len(grp)}
-        for m in METRICS + ("best_epoch", "seconds", "n_train", "n_hard"):
-            if m in grp:
-                row[f"{m}_mean"] = float(grp[m].mean())
-                row[f"{m}_std"] = float(grp[m].std(ddof=1)) if len(grp) > 1 else 0.0
-        out.append(row)
+        out.append({"method": name, "n_seeds": len(grp),
+                    **mean_std_columns(grp, METRICS + ("best_epoch", "seconds", "n_train", "n_hard"))})
     return pd.DataFrame(out).set_index("method")
 
 
 def paired_changes(runs, modes: list[str], reference: str = "phase 3") -> list[dict]:
     """Each mode minus phase 3 on the same seed: mean and std of the per-seed differences, and seed wins."""
+    from msa.metrics import mean_std
+
     ref = runs[runs["mode"] == reference].set_index("seed")
     out = []
     for mode in modes:
@@ -170,16 +170,14 @@ def paired_changes(runs, modes: list[str], reference: str = "phase 3") -> list[d
         row = {"mode": mode, "n": int(len(common))}
         for m, _ in TABLE_METRICS:
             d = cur.loc[common, m] - ref.loc[common, m]
-            row[f"{m}_delta"] = float(d.mean())
-            row[f"{m}_delta_std"] = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+            row[f"{m}_delta"], row[f"{m}_delta_std"] = mean_std(d, skipna=True)
             row[f"{m}_wins"] = int((d > 0).sum())
         out.append(row)
     return out
 
 
 def markdown(table, changes, header: str, notes: list[str], best: dict, select_metric: str) -> str:
-    def pm(r, k):
-        return f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}"
+    from msa.metrics import pm
 
     lines = [header, "", *notes, "",
              "Mean ± std over seeds on the validation split (the same posts for every row). The selected mode "

@@ -158,12 +158,14 @@ def summary_row(section: str, model: str, inputs: str, fusion: str, runs: list[d
 
 
 def markdown(table, header: str, notes: list[str]) -> str:
+    from msa.metrics import pm
+
     lines = [header, "", "Mean ± std over seeds on the validation split; Δ weighted F1 against the first row of its "
              "section (the full model for masking, the retrained text + image model for retraining).", "",
              "| ablation | model | inputs | fusion | n | " + " | ".join(n for _, n in METRICS) + " | Δ weighted F1 |",
              "|---|---|---|---|---:|" + "---:|" * (len(METRICS) + 1)]
     for _, r in table.iterrows():
-        cells = [f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}" for k, _ in METRICS]
+        cells = [pm(r, k) for k, _ in METRICS]
         delta = "—" if r["delta_weighted_f1"] == 0 and r["is_reference"] else f"{r['delta_weighted_f1']:+.4f}"
         lines.append(f"| {r['section']} | {r['model']} | {r['inputs']} | {r['fusion']} | {r['n']} | "
                      + " | ".join(cells) + f" | {delta} |")

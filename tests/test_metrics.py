@@ -121,3 +121,18 @@ def test_regression_metrics_edge_cases():
         regression_metrics([1.0], [1.0, 2.0])
     with pytest.raises(ValueError):
         regression_metrics([float("nan")], [0.0])
+
+
+def test_mean_std_is_the_summary_every_table_uses():
+    import pandas as pd
+
+    from msa.metrics import mean_std, mean_std_columns, pm
+
+    assert mean_std([0.5]) == (0.5, 0.0)
+    m, s = mean_std([0.1, 0.3, 0.7])
+    assert m == pytest.approx(0.3666667) and s == pytest.approx(0.3055050)
+    assert np.isnan(mean_std([0.1, float("nan")])[0])  # a NaN propagates by default ...
+    assert mean_std([0.1, float("nan"), 0.4], skipna=True) == pytest.approx((0.25, 0.2121320))  # ... or is left out
+    frame = pd.DataFrame({"weighted_f1": [0.70, 0.72, 0.74], "seed": [1, 2, 3]})
+    row = mean_std_columns(frame, ["weighted_f1", "absent"])
+    assert set(row) == {"weighted_f1_mean", "weighted_f1_std"} and pm(row, "weighted_f1") == "0.7200 ± 0.0200"

@@ -259,6 +259,8 @@ def _fmt(mean: float, std: float) -> str:
 
 def summarise(runs: list[dict], specs: list[str], metric_names) -> dict:
     """``{spec: {"valid"/"test": {metric: {mean, std, per_seed}}, "seconds": {mean, std}, "seeds": [...]}}``."""
+    from msa.metrics import mean_std
+
     out = {}
     for spec in specs:
         rs = [r for r in runs if r["model"] == spec]
@@ -267,10 +269,10 @@ def summarise(runs: list[dict], specs: list[str], metric_names) -> dict:
             entry[split] = {}
             for k in metric_names:
                 v = np.array([r[split][k] for r in rs], dtype=float)
-                entry[split][k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                                   "per_seed": v.tolist()}
-        s = np.array([r["seconds"] for r in rs], dtype=float)
-        entry["seconds"] = {"mean": float(s.mean()), "std": float(s.std(ddof=1)) if len(s) > 1 else 0.0}
+                mean, std = mean_std(v)
+                entry[split][k] = {"mean": mean, "std": std, "per_seed": v.tolist()}
+        mean, std = mean_std([r["seconds"] for r in rs])
+        entry["seconds"] = {"mean": mean, "std": std}
         entry["best_epoch"] = [r["best_epoch"] for r in rs]
         out[spec] = entry
     return out

@@ -735,12 +735,12 @@ def baseline(prob: Problem) -> dict:
 
 # ------------------------------------------------------------------------------------------------- outputs
 def summarise(per_seed: dict[int, dict], names) -> dict:
+    from msa.metrics import mean_std
+
     out = {}
     for k in names:
         vals = [per_seed[s][k] for s in per_seed]
-        arr = np.array(vals, dtype=float)
-        mean = float(arr.mean())
-        std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+        mean, std = mean_std(vals)
         out[k] = {"mean": _clean(mean), "std": _clean(std) if math.isfinite(mean) else None,
                   "per_seed": {str(s): _clean(float(v)) for s, v in zip(per_seed, vals)}}
     return out
