@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from msa import cli
+
+log = logging.getLogger(__name__)
 
 DEFAULTS = {
     "text_backbone": "minilm", "text_pooling": None, "image_backbone": "efficientnet_lite0",
@@ -20,7 +23,10 @@ DEFAULTS = {
 #: keys that describe the model and its training (what best_config.json carries between phases)
 HYPERPARAMETERS = ("feature_fusion", "learning_rate", "weight_decay", "dropout", "num_epochs", "batch_size",
                    "hidden", "warmup_ratio", "scheduler", "patience", "side_features")
+#: old spellings a preset may still use (with a warning): one spelling per setting
 _ALIASES = {"fusion": "feature_fusion", "loss": "loss_type"}
+#: keys of a preset file that describe it rather than set anything
+PRESET_METADATA = ("name", "description")
 
 
 def add_model_args(p, fusion: bool = True, loss: bool = True) -> None:
@@ -101,11 +107,19 @@ def resolve(args, base: dict | None = None) -> dict:
     if getattr(args, "preset", None):
         layers.append(read_json_file(args.preset, "preset"))
     sources = ["the settings it starts from"] + ([f"preset {args.preset}"] if getattr(args, "preset", None) else [])
-    for layer, source in zip(layers, sources):
+    for i, (layer, source) in enumerate(zip(layers, sources)):
+        if not isinstance(layer, dict):
+            raise cli.UserError(f"{source}: expected a JSON object of settings, got {type(layer).__name__}")
         for k, v in layer.items():
-            k = _ALIASES.get(k, k)
+            if k in _ALIASES:
+                log.warning("%s: %r is an old spelling of %r (accepted for now; please rename it)", source, k,
+                            _ALIASES[k])
+                k = _ALIASES[k]
             if k in settings:
                 settings[k] = check_value(k, v, source)
+            elif i > 0 and k not in PRESET_METADATA:  # a preset's typo must not be dropped silently
+                raise cli.UserError(f"{source}: unknown setting {k!r}; the settings are "
+                                    f"{', '.join(sorted(settings))} (and {', '.join(PRESET_METADATA)})")
     for k in settings:
         if getattr(args, k, None) is not None:
             settings[k] = getattr(args, k)

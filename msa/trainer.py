@@ -24,6 +24,7 @@ from tqdm import tqdm
 from msa.checkpoint import save_checkpoint
 from msa.features import FeatureSet
 from msa.io import write_csv
+from msa.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -31,13 +32,15 @@ SCHEDULERS = ("cosine", "linear", "constant")
 
 @dataclass
 class TrainConfig:
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    num_epochs: int = 30
-    batch_size: int = 64
-    warmup_ratio: float = 0.1
-    scheduler: str = "cosine"
-    patience: int = 6
+    """How one model is trained; the defaults are the training settings' (:data:`msa.settings.DEFAULTS`)."""
+
+    learning_rate: float = DEFAULTS["learning_rate"]
+    weight_decay: float = DEFAULTS["weight_decay"]
+    num_epochs: int = DEFAULTS["num_epochs"]
+    batch_size: int = DEFAULTS["batch_size"]
+    warmup_ratio: float = DEFAULTS["warmup_ratio"]
+    scheduler: str = DEFAULTS["scheduler"]
+    patience: int = DEFAULTS["patience"]
     grad_clip: float = 1.0
     seed: int = 42
     mixed_precision: str = "no"

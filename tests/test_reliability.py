@@ -338,3 +338,17 @@ def test_user_error_and_environment_errors_are_one_line(capsys):
 def test_user_errors_surface_from_library_code():
     with pytest.raises(UserError):
         read_index("/nonexistent/train.txt")
+
+
+def test_a_preset_with_an_unknown_key_is_refused_and_old_spellings_warn(trained, tmp_path, capsys, caplog):
+    preset = tmp_path / "typo.json"
+    preset.write_text(json.dumps({"name": "x", "learnig_rate": 0.1}))
+    code, err = _run(phase1.main, ["--data-root", str(trained["root"]), "--preset", str(preset)] + trained["base"]
+                     + ["--name", "typo", "--no-probe"], capsys)
+    assert code == 2 and "learnig_rate" in err and str(preset) in err
+    from msa.settings import resolve
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"fusion": "add", "loss": "focal"}))
+    s = resolve(argparse.Namespace(preset=str(old)))
+    assert (s["feature_fusion"], s["loss_type"]) == ("add", "focal") and "old spelling" in caplog.text
