@@ -13,7 +13,7 @@ training part is split again (stratified, --inner-val of it, seeded by the fold)
 inner-validation. Every model (one per seed of --seeds) trains on inner-train and early-stops on
 inner-validation; the decision rule is chosen on the inner-validation predictions; the fold's held-out posts are
 predicted once, at the end. The table reports mean ± std over the folds of those held-out metrics, so no number
-is selected on the posts it is measured on (the recipe itself was chosen by looking at these folds: see README).
+is selected on the posts it is measured on (the recipe itself was chosen by looking at these folds: see docs/final.md).
 
 Recipe: the settings of --preset (default configs/final.json: fusion, loss, hyper-parameters), then explicit
 flags. The prediction of several models is the mean of their class probabilities (--seeds: a seed ensemble in
@@ -27,7 +27,8 @@ phase4/predict_test.py uses by default.
 --tta hflip averages every model's probabilities over the image and its left-right mirror image (test-time
 augmentation; the mirrored images' features are cached like the others); predict_test.py does the same for an
 ensemble that records it. The defaults (--decision argmax, --tta none) are what the contribution table on
-../shared/mvsa supports: neither the offsets nor the mirrored view raised the cross-validated weighted F1 (README).
+../shared/mvsa supports: neither the offsets nor the mirrored view raised the cross-validated weighted F1
+(docs/final.md).
 
 --ablation also trains the variants of the contribution table (loss ce or weighted ce instead of the recipe's,
 concat fusion, token-level cross-attention fusion) on the same folds and seeds; the rows with or without the seed

@@ -290,8 +290,8 @@ class CrossAttentionFusion(Fusion):
     ``key`` ("text"), ``heads`` (4, must divide hidden).
 
     Note: seed 002's prose makes the image the query and the text the key/value; its code does the
-    opposite. This follows the prose (and DESIGN.md); ``query="text", key="image"`` gives the code's variant
-    when image tokens are available.
+    opposite. This follows the prose (and the first architecture notes); ``query="text", key="image"`` gives
+    the code's variant when image tokens are available.
     """
 
     requires_tokens: ClassVar[bool] = True

@@ -10,7 +10,7 @@ Class weights from counts (``weighted_ce``, ``focal`` with ``alpha="counts"``, A
 normalised to mean 1 over the classes, so they change the balance between classes, not the loss scale. A class
 with a zero count is treated as having a count of 1.
 
-ACB, the Adaptive Class-Balancing loss of seed 001 (DESIGN.md, phase 3)::
+ACB, the Adaptive Class-Balancing loss of seed 001 (docs/phase3.md)::
 
     d_c  = running mean of (1 - p_t) over the samples of class c         (buffer ``difficulty``)
     w_c  = 1 + a * log(1 + d_c)                                          (a = 5)

@@ -91,7 +91,7 @@ def build_parser() -> cli.ArgumentParser:
                    help="focusing exponent gamma of (1 - p_t)^gamma")
     f.add_argument("--focal-alpha", default="none", choices=["none", "counts"],
                    help="focal class weights: none, or inverse-frequency weights from the training counts")
-    a = p.add_argument_group("acb (adaptive class-balanced loss, DESIGN.md)",
+    a = p.add_argument_group("acb (adaptive class-balanced loss, docs/phase3.md)",
                              "  L = alpha * mean(w_c (1 - p_t)^g_c CE) + beta * mean(exp(-k (p1 - p2)))\n"
                              "  w_c = 1 + a log(1 + d_c),  g_c = b + c log(1 + d_c),\n"
                              "  d_c = running mean of 1 - p_t over class c, p1 >= p2 the top two probabilities")

@@ -293,8 +293,8 @@ def test_seed_preset_names_both_folders():
     preset = json.loads((REPO / "configs" / "seed_bert_swinv2.json").read_text(encoding="utf-8"))
     assert preset["text_backbone"] == "pretrained_models/bert-base-uncased"
     assert preset["image_backbone"] == "pretrained_models/swinv2-base-patch4-window8-256"
-    assert (preset["feature_fusion"], preset["loss_type"], preset["learning_rate"], preset["dropout"], preset["num_epochs"]) == (
-        "concat", "ce", 5e-5, 0.1, 15)
+    assert (preset["feature_fusion"], preset["loss_type"], preset["learning_rate"], preset["dropout"],
+            preset["num_epochs"]) == ("concat", "ce", 5e-5, 0.1, 15)
 
 
 def test_download_script_help():

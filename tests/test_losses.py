@@ -236,7 +236,7 @@ def _hand_difficulty(logits, targets, momentum):
 
 
 def _hand_acb(logits, targets, d, a, b, c, k, alpha, beta, **_):
-    """The DESIGN.md formula with the difficulties ``d`` held fixed."""
+    """The formula of docs/phase3.md with the difficulties ``d`` held fixed."""
     focal, boundary = [], []
     for z, t in zip(logits, targets):
         p = _softmax(z)

@@ -9,7 +9,7 @@ predicted with that epoch. Prints one line per fold and the mean over folds; not
 
     python final/experiments/text_top_layers.py --data-root ../shared/mvsa --folds-used 0,1,2 --layers 2
 
-Not part of `make run`: on ../shared/mvsa it did not beat the frozen encoder (README, final recipe), so the
+Not part of `make run`: on ../shared/mvsa it did not beat the frozen encoder (docs/final.md), so the
 recipe keeps frozen features. CPU cost: about 70 s of caching and 30 s per epoch per fold for two MiniLM layers.
 """
 

@@ -58,7 +58,7 @@ from msa import cli, stamp
 log = logging.getLogger("mosi")
 TASK_DIR = Path(__file__).resolve().parent
 DATASETS = ("mosi", "mosei", "sims")
-#: the default --model: the best simple model on our measurements (see tasks/mosi/README.md)
+#: the default --model: the best simple model on our measurements (see docs/mosi.md)
 DEFAULT_MODEL = "transformer"
 #: the widest --hidden accepted (the weights grow with its square; wider is a typo, not a model)
 MAX_HIDDEN = 4096
