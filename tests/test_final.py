@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from final import run_final as final
+from msa import recipe
 from msa.cli import UserError
 from msa.data import LABEL2ID
 from msa.ensemble import apply_bias, choose_bias
@@ -83,10 +84,10 @@ def test_variant_selection_errors(run):
 def test_free_rows_toggle_each_part_of_the_recipe():
     from types import SimpleNamespace as NS
 
-    rows = final.free_rows(NS(decision="bias", tta="hflip"), has_view=True)
+    rows = recipe.free_rows(NS(decision="bias", tta="hflip"), has_view=True)
     assert rows == {"final": {"ensemble", "rule", "tta"}, "final-ensemble": {"rule", "tta"},
                     "final-rule": {"ensemble", "tta"}, "final-tta": {"ensemble", "rule"}, "final-single": set()}
-    rows = final.free_rows(NS(decision="argmax", tta="none"), has_view=False)
+    rows = recipe.free_rows(NS(decision="argmax", tta="none"), has_view=False)
     assert rows == {"final": {"ensemble"}, "final-ensemble": set(), "final+rule": {"ensemble", "rule"}}
 
 
