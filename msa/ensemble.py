@@ -12,10 +12,12 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from msa.cli import UserError
 from msa.data import LABELS
 from msa.io import write_json
 
@@ -69,6 +71,51 @@ def choose_bias(proba: np.ndarray, y: np.ndarray, metric: str = "weighted_f1",
     return [round(v, 4) for v in best[2]], best[0]
 
 
+@dataclass
+class EnsembleRecord:
+    """What ``ensemble.json`` declares (one writer, :func:`save_ensemble`; one reader, :func:`read_ensemble`): the
+    member checkpoint folders (relative to the ensemble folder), where they were copied from, the decision offsets,
+    the labels, and what the stage adds (``info``: the recipe, seeds, folds, test-time views, CV figures)."""
+
+    members: list[str]
+    sources: list[str]
+    bias: list[float]
+    labels: list[str]
+    info: dict = field(default_factory=dict)
+    folder: Path | None = None
+
+    @property
+    def member_dirs(self) -> list[Path]:
+        return [Path(self.folder) / m for m in self.members]
+
+    @property
+    def tta(self) -> list[str]:
+        return list(self.info.get("tta") or [])
+
+    def to_json(self) -> dict:
+        return {"members": self.members, "sources": self.sources, "bias": self.bias, "labels": self.labels,
+                **self.info}
+
+    @classmethod
+    def from_json(cls, obj, path: Path) -> EnsembleRecord:
+        def bad(what: str) -> UserError:
+            return UserError(f"{path}: {what}; the ensemble folder is damaged or was edited (rerun the final recipe)")
+
+        if not isinstance(obj, dict):
+            raise bad("not a JSON object")
+        for key, kind in (("members", list), ("bias", list), ("labels", list)):
+            if not isinstance(obj.get(key), kind):
+                raise bad(f"{key!r} is missing or not a list")
+        if not obj["members"] or not all(isinstance(m, str) and m.startswith("members/") and ".." not in m
+                                         for m in obj["members"]):
+            raise bad("'members' must list folders under members/")
+        if len(obj["bias"]) != len(obj["labels"]) or not all(isinstance(b, (int, float)) for b in obj["bias"]):
+            raise bad("'bias' must hold one number per label")
+        info = {k: v for k, v in obj.items() if k not in ("members", "sources", "bias", "labels")}
+        return cls(list(obj["members"]), list(obj.get("sources") or []), [float(b) for b in obj["bias"]],
+                   list(obj["labels"]), info, Path(path).parent)
+
+
 def save_ensemble(folder: str | Path, members: Sequence[str | Path], bias: Sequence[float] | None,
                   info: dict | None = None) -> Path:
     """Copy the member checkpoint folders into ``folder/members/`` and write ``ensemble.json`` (atomically: the
@@ -82,9 +129,9 @@ def save_ensemble(folder: str | Path, members: Sequence[str | Path], bias: Seque
         name = f"members/{i:02d}"
         shutil.copytree(Path(m), tmp / name)
         names.append(name)
-    write_json(tmp / ENSEMBLE_FILE, {"members": names, "sources": [str(Path(m).resolve()) for m in members],
-                                     "bias": list(bias) if bias is not None else [0.0] * len(LABELS),
-                                     "labels": list(LABELS), **(info or {})})
+    record = EnsembleRecord(names, [str(Path(m).resolve()) for m in members],
+                            list(bias) if bias is not None else [0.0] * len(LABELS), list(LABELS), dict(info or {}))
+    write_json(tmp / ENSEMBLE_FILE, record.to_json())
     old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -94,7 +141,11 @@ def save_ensemble(folder: str | Path, members: Sequence[str | Path], bias: Seque
     return folder
 
 
-def read_ensemble(folder: str | Path) -> dict:
-    spec = json.loads((Path(folder) / ENSEMBLE_FILE).read_text(encoding="utf-8"))
-    spec["member_dirs"] = [Path(folder) / m for m in spec["members"]]
-    return spec
+def read_ensemble(folder: str | Path) -> EnsembleRecord:
+    """The checked :class:`EnsembleRecord` of an ensemble folder (a damaged ``ensemble.json`` is a clear error)."""
+    path = Path(folder) / ENSEMBLE_FILE
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); rerun the final recipe") from None
+    return EnsembleRecord.from_json(obj, path)

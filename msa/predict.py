@@ -69,7 +69,7 @@ def load_members(ckpt: Path):
 
     if is_ensemble(ckpt):
         spec = read_ensemble(ckpt)
-        members, bias, views = [load_checkpoint(d) for d in spec["member_dirs"]], spec.get("bias"), spec.get("tta", [])
+        members, bias, views = [load_checkpoint(d) for d in spec.member_dirs], spec.bias, spec.tta
     else:
         members, bias, views = [load_checkpoint(ckpt)], None, []
     first = members[0][1]

@@ -234,3 +234,25 @@ def test_one_post_matches_the_test_file_prediction(run, tmp_path, capsys):
     assert line.split()[0] in ("negative", "neutral", "positive") and "positive 0." in line
     with pytest.raises(UserError, match="no such file"):
         predict_test.main(["--checkpoint", str(best), "--image", str(tmp_path / "nope.jpg")])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: [1, 2], "not a JSON object"),
+    (lambda s: {k: v for k, v in s.items() if k != "members"}, "'members'"),
+    (lambda s: s | {"members": ["../../etc"]}, "under members/"),
+    (lambda s: s | {"bias": [0.1]}, "one number per label"),
+])
+def test_a_damaged_ensemble_record_is_a_clear_error(run, tmp_path, edit, message):
+    import shutil
+
+    from msa.cli import UserError
+    from msa.ensemble import read_ensemble
+
+    best = tmp_path / "best"
+    shutil.copytree(run["res"] / "best", best)
+    record = read_ensemble(best)
+    assert record.member_dirs[0].is_dir() and len(record.bias) == 3 and record.info["seeds"]
+    spec = json.loads((best / "ensemble.json").read_text())
+    (best / "ensemble.json").write_text(json.dumps(edit(spec)))
+    with pytest.raises(UserError, match=message):
+        read_ensemble(best)
