@@ -15,7 +15,9 @@ import pytest
 from msa.cli import UserError, run_main
 from tasks.trend import make_trend_data
 from tasks.trend import run_trend as trend
+from tasks.trend.data import MAX_SPAN_DAYS, check_disjoint, chronological_split, load_inputs, parse_dates, window_days
 from tasks.trend.make_trend_data import make_trend_dataset
+from tasks.trend.model import DayData, _build_net
 from tests.conftest import REPO
 from tests.tiny_models import tiny_bert, tiny_vit
 
@@ -91,7 +93,7 @@ def test_no_post_day_feeds_two_splits(setup, regression):
     days = {}
     for s in ("train", "val", "test"):
         ends = (split.loc[split["split"] == s, "date"] - start).dt.days
-        days[s] = trend.window_days(ends, WINDOW)
+        days[s] = window_days(ends, WINDOW)
         assert days[s], s
     assert not days["train"] & days["val"] and not days["train"] & days["test"] and not days["val"] & days["test"]
     assert (split["split"] == "purged").sum() >= 2 * (WINDOW - 1)
@@ -101,10 +103,10 @@ def test_no_post_day_feeds_two_splits(setup, regression):
     # the same holds for other windows and gaps, and a split without the purge would share days
     ends = np.arange(WINDOW, 400)
     for window, gap in ((1, 0), (7, 0), (30, 5)):
-        labels = trend.chronological_split(ends, window, 0.15, 0.15, gap)
-        trend.check_disjoint(ends, labels, window)
+        labels = chronological_split(ends, window, 0.15, 0.15, gap)
+        check_disjoint(ends, labels, window)
     with pytest.raises(AssertionError, match="feed both"):
-        trend.check_disjoint(ends, np.where(ends < 300, "train", np.where(ends < 350, "val", "test")), 7)
+        check_disjoint(ends, np.where(ends < 300, "train", np.where(ends < 350, "val", "test")), 7)
 
 
 def test_rerun_with_the_same_inputs_is_reused(setup, regression, frozen_code, capsys):
@@ -208,7 +210,7 @@ def test_posts_without_files_and_early_targets_are_skipped_and_logged(tmp_path, 
     pd.concat([pd.DataFrame({"date": early, "value": ["0.5", "0.4"]}), targets]).to_csv(root / "targets.csv",
                                                                                        index=False)
     caplog.set_level("INFO")
-    data = trend.load_inputs(root, 5, "regression")
+    data = load_inputs(root, 5, "regression")
     assert "p00010" not in set(data.posts["post_id"]) and "p00011" in set(data.posts["post_id"])
     assert "skipped 1 post(s) - no image and no text" in caplog.text
     assert "skipped 2 target(s) - before the first full window" in caplog.text
@@ -222,7 +224,7 @@ def test_posts_without_files_and_early_targets_are_skipped_and_logged(tmp_path, 
 def test_empty_counts_are_missing_values_not_errors(tmp_path):
     root = _tiny(tmp_path)
     _edit(root / "posts.csv", lambda f: f.__setitem__("collects", f["collects"].where(f.index % 3 != 0, "")))
-    data = trend.load_inputs(root, 5, "regression")
+    data = load_inputs(root, 5, "regression")
     assert data.columns == ["likes", "collects", "comments"] and data.posts["collects"].isna().sum() == 20
 
 
@@ -232,7 +234,7 @@ def _set_date(name, row, value):
     return edit
 
 
-SPAN_LIMIT = f"at most {trend.MAX_SPAN_DAYS} days"
+SPAN_LIMIT = f"at most {MAX_SPAN_DAYS} days"
 
 
 @pytest.mark.parametrize("break_it, messages", [
@@ -255,7 +257,7 @@ def test_out_of_range_dates_and_long_spans_are_refused_before_any_allocation(tmp
     tracemalloc.start()
     try:
         with pytest.raises(UserError) as err:
-            trend.load_inputs(root, 5, "regression")
+            load_inputs(root, 5, "regression")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -271,15 +273,15 @@ def test_date_bounds_are_inclusive_and_the_span_limit_is_exact():
         return f
 
     first = pd.Timestamp("2000-01-01")
-    ok = trend.parse_dates(frame([str(first.date()), str((first + pd.Timedelta(days=trend.MAX_SPAN_DAYS)).date())]),
-                           "f.csv")
-    assert (ok.iloc[1] - ok.iloc[0]).days == trend.MAX_SPAN_DAYS
-    with pytest.raises(UserError, match=f"span {trend.MAX_SPAN_DAYS + 1} days"):
-        trend.parse_dates(frame([str(first.date()), str((first + pd.Timedelta(days=trend.MAX_SPAN_DAYS + 1)).date())]),
-                          "f.csv")
-    assert len(trend.parse_dates(frame(["2100-12-31", "2099-01-01"]), "f.csv")) == 2
+    ok = parse_dates(frame([str(first.date()), str((first + pd.Timedelta(days=MAX_SPAN_DAYS)).date())]),
+                     "f.csv")
+    assert (ok.iloc[1] - ok.iloc[0]).days == MAX_SPAN_DAYS
+    with pytest.raises(UserError, match=f"span {MAX_SPAN_DAYS + 1} days"):
+        parse_dates(frame([str(first.date()), str((first + pd.Timedelta(days=MAX_SPAN_DAYS + 1)).date())]),
+                    "f.csv")
+    assert len(parse_dates(frame(["2100-12-31", "2099-01-01"]), "f.csv")) == 2
     # mixed time zones (a space before the time) keep the local calendar date instead of failing in pandas
-    mixed = trend.parse_dates(frame(["2021-01-01 23:00+05:00", "2021-01-02 10:00-03:00"]), "f.csv")
+    mixed = parse_dates(frame(["2021-01-01 23:00+05:00", "2021-01-02 10:00-03:00"]), "f.csv")
     assert [str(d.date()) for d in mixed] == ["2021-01-01", "2021-01-02"]
 
 
@@ -287,11 +289,11 @@ def test_a_folder_or_an_empty_file_is_a_clear_error(tmp_path):
     root = _tiny(tmp_path)
     (root / "targets.csv").write_bytes(b"")
     with pytest.raises(UserError, match="targets.csv: not a readable CSV file"):
-        trend.load_inputs(root, 5, "regression")
+        load_inputs(root, 5, "regression")
     (root / "posts.csv").unlink()
     (root / "posts.csv").mkdir()
     with pytest.raises(UserError, match="posts.csv is a folder"):
-        trend.load_inputs(root, 5, "regression")
+        load_inputs(root, 5, "regression")
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -395,12 +397,12 @@ def test_every_pooled_fusion_runs_a_window_step(fusion):
     count = torch.bincount(day, minlength=8).float()
     numeric = torch.tensor(np.log1p(np.arange(24, dtype=float).reshape(8, 3)), dtype=torch.float32)
     numeric[1] = float("nan")
-    dd = trend.DayData(post_day=day, feats={"text": torch.randn(7, 12), "image": torch.randn(7, 20)}, count=count,
-                       has=(count > 0).float(), count_z=torch.zeros(8), numeric=numeric)
+    dd = DayData(post_day=day, feats={"text": torch.randn(7, 12), "image": torch.randn(7, 20)}, count=count,
+                 has=(count > 0).float(), count_z=torch.zeros(8), numeric=numeric)
     side = SideBranch.fit(numeric[count > 0].numpy(), ["a", "b", "c"])
     for rnn in ("lstm", "gru"):
-        net = trend._build_net(post_dims={"text": 12, "image": 20}, fusion=fusion, hidden=16, dropout=0.1,
-                               side=side, rnn=rnn, num_outputs=3)
+        net = _build_net(post_dims={"text": 12, "image": 20}, fusion=fusion, hidden=16, dropout=0.1,
+                         side=side, rnn=rnn, num_outputs=3)
         table = net.day_table(dd)
         assert table.shape == (8, 17) and torch.all(table[[1, 4, 5]] == 0)  # empty days: zero input, flag 0
         out = net(torch.tensor([[0, 1, 2, 3], [3, 4, 5, 6]]), dd)

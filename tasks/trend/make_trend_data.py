@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from msa import cli
+from tasks.trend.data import MAX_DATE, MAX_SPAN_DAYS, MIN_DATE
 
 CLASSES = ("negative", "neutral", "positive")  # msa.synthetic's names for off-putting / dull / attractive
 SCORE = {"negative": -1.0, "neutral": 0.0, "positive": 1.0}
@@ -71,9 +72,26 @@ def make_trend_dataset(root: str | Path, n_posts: int = 2500, n_days: int = 1200
     ``noise``: standard deviation of the noise in logit space; ``with_trend``: also write a ``trend`` column
     (-1/0/1, the tertiles of all values), which run_trend.py then uses as given.
     """
-    from msa.synthetic import _draw_image, _write_text
-    from tasks.trend.run_trend import MAX_DATE, MAX_SPAN_DAYS, MIN_DATE
+    first = _first_day(n_posts, n_days, window, start, image_size, cue_prob, noise)
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} exists and is not a folder")
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    prng = random.Random(seed)
+    appeal = _smooth_process(rng, n_days)
+    buzz = _smooth_process(rng, n_days)
+    activity = np.exp(0.8 * _smooth_process(rng, n_days, periods=(30, 200)))
+    days = np.sort(rng.choice(n_days, size=n_posts, p=activity / activity.sum()))
+    dates = pd.date_range(first, periods=n_days, freq="D")
+    scores, log_likes = _write_posts(root, days, dates, appeal, buzz, rng, prng, image_size, cue_prob)
+    _write_targets(root, days, dates, scores, log_likes, window, noise, with_trend, rng)
+    return root
 
+
+def _first_day(n_posts: int, n_days: int, window: int, start: str, image_size: int, cue_prob: float,
+               noise: float) -> pd.Timestamp:
+    """The first day, after checking the arguments (a ValueError names the bad one)."""
     if n_posts < 1 or n_days < 2 or not 1 <= window < n_days:
         raise ValueError(f"need n_posts >= 1, n_days >= 2 and 1 <= window < n_days, got {n_posts}, {n_days}, "
                          f"{window}")
@@ -92,19 +110,17 @@ def make_trend_dataset(root: str | Path, n_posts: int = 2500, n_days: int = 1200
     if first < MIN_DATE or first + pd.Timedelta(days=n_days - 1) > MAX_DATE:
         raise ValueError(f"the {n_days} days from {first.date()} must lie between {MIN_DATE.date()} and "
                          f"{MAX_DATE.date()} (the dates run_trend.py reads)")
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} exists and is not a folder")
+    return first
+
+
+def _write_posts(root: Path, days, dates, appeal, buzz, rng, prng, image_size: int,
+                 cue_prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """posts.csv and every post's image and text; returns the posts' class scores and log1p(likes)."""
+    from msa.synthetic import _draw_image, _write_text
+
     data = root / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    prng = random.Random(seed)
-    appeal = _smooth_process(rng, n_days)
-    buzz = _smooth_process(rng, n_days)
-    activity = np.exp(0.8 * _smooth_process(rng, n_days, periods=(30, 200)))
-    days = np.sort(rng.choice(n_days, size=n_posts, p=activity / activity.sum()))
+    n_posts = len(days)
     p_pos = 1.0 / (1.0 + np.exp(-2.5 * appeal))  # attractive vs off-putting, with dull posts in between
-    dates = pd.date_range(first, periods=n_days, freq="D")
     rows = []
     scores = np.zeros(n_posts)
     log_likes = np.zeros(n_posts)
@@ -123,8 +139,14 @@ def make_trend_dataset(root: str | Path, n_posts: int = 2500, n_days: int = 1200
         rows.append((post_id, dates[d].date().isoformat(), likes, collects, comments))
     pd.DataFrame(rows, columns=["post_id", "date", "likes", "collects", "comments"]).to_csv(
         root / "posts.csv", index=False, lineterminator="\n")
+    return scores, log_likes
 
-    # window means of the post class and of log1p(likes), for every date with a full window
+
+def _write_targets(root: Path, days, dates, scores, log_likes, window: int, noise: float, with_trend: bool,
+                   rng) -> None:
+    """targets.csv (and planted.csv) from the window means of the post class and of log1p(likes), for every date
+    with a full window."""
+    n_days, n_posts = len(dates), len(days)
     cnt = np.bincount(days, minlength=n_days).astype(float)
     s_sum = np.bincount(days, weights=scores, minlength=n_days)
     l_sum = np.bincount(days, weights=log_likes, minlength=n_days)
@@ -142,7 +164,6 @@ def make_trend_dataset(root: str | Path, n_posts: int = 2500, n_days: int = 1200
     targets.to_csv(root / "targets.csv", index=False, lineterminator="\n")
     pd.DataFrame({"date": targets["date"], "posts": n_win.astype(int), "image_text_part": np.round(a, 6),
                   "numeric_part": np.round(b, 6)}).to_csv(root / "planted.csv", index=False, lineterminator="\n")
-    return root
 
 
 def main(argv=None) -> int:
