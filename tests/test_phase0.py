@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import msa.io
+from msa import cleaning
 from msa.io import atomic_files
 from msa.splits import load_split
 from phase0 import data_analysis, data_cleaner
@@ -165,7 +166,7 @@ def test_a_crash_during_the_renames_leaves_the_old_set_whole(cleaned_faulty, mon
 def test_a_crash_while_writing_the_temporaries_leaves_the_old_set_whole(cleaned_faulty, monkeypatch):
     root, work, _ = cleaned_faulty
     before = _handoff_set(work)
-    real_write, written = data_cleaner._write_csv, []
+    real_write, written = cleaning._write_csv, []
 
     def failing_write(path, frame):
         if len(written) == 3:  # inventory, audit and one split are written by now
@@ -173,7 +174,7 @@ def test_a_crash_while_writing_the_temporaries_leaves_the_old_set_whole(cleaned_
         real_write(path, frame)
         written.append(path)
 
-    monkeypatch.setattr(data_cleaner, "_write_csv", failing_write)
+    monkeypatch.setattr(cleaning, "_write_csv", failing_write)
     with pytest.raises(MemoryError):
         data_cleaner.main(["--data-root", str(root), "--work-dir", str(work), "--folds", "3", "--seed", "7",
                            "--force"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from msa import clip as cc
-from msa import probes
+from msa import probe_stage, probes
 from msa.cli import run_main
 from msa.features import FeatureStore, image_content_key
 from msa.splits import load_split
@@ -170,7 +170,7 @@ def test_validation_rows_are_the_splits_val_guids(clip_runs):
 def test_fallback_without_clip_never_says_clip(setup, monkeypatch, caplog):
     """No CLIP folder: a warning naming it and how to get it, the same probes on the default backbones (here tiny
     stand-ins, so that the test stays fast), no zero-shot rows, exit 0."""
-    monkeypatch.setattr(phase6, "FALLBACK_BACKBONES", (str(tiny_bert(setup["tmp"] / "bert")),
+    monkeypatch.setattr(probe_stage, "FALLBACK_BACKBONES", (str(tiny_bert(setup["tmp"] / "bert")),
                                                        str(tiny_vit(setup["tmp"] / "vit"))))
     missing = setup["tmp"] / "no_such_clip"
     with caplog.at_level(logging.WARNING, logger="phase6"):
@@ -183,7 +183,7 @@ def test_fallback_without_clip_never_says_clip(setup, monkeypatch, caplog):
     for col in ("label", "short", "features"):
         for text in table[col]:
             assert "CLIP" not in text.replace("not CLIP", ""), text
-    assert (table["features"] == phase6.FALLBACK_FEATURES).all()
+    assert (table["features"] == probe_stage.FALLBACK_FEATURES).all()
     assert "| CLIP zero-shot" not in res["md"] and set(res["preds"]["row"]) == set(table["id"])
     assert "No reference row" in res["md"]
 
@@ -199,11 +199,11 @@ def test_incomplete_clip_folder_names_what_it_lacks(setup, tmp_path):
 
 def test_reference_auto_order_and_absence(setup, tmp_path):
     split = load_split(setup["work"], "default")
-    rows, notes = phase6.find_reference("auto", split, root=tmp_path)
+    rows, notes = probe_stage.find_reference("auto", split, root=tmp_path)
     assert rows == [] and all(f"phase{n}/results/best/metrics.json" in notes[0] for n in (4, 3, 1))
     fake_reference(tmp_path / "phase3" / "results", split.sha256)
     fake_reference(tmp_path / "phase1" / "results", split.sha256)
-    rows, notes = phase6.find_reference("auto", split, root=tmp_path)
+    rows, notes = probe_stage.find_reference("auto", split, root=tmp_path)
     assert rows[0]["phase"] == "phase3" and "phase 4 not run" in rows[0]["label"] and rows[0]["same_split"]
     assert len(rows) == 2 and not any("Caution" in n for n in notes)
 
