@@ -136,3 +136,17 @@ def test_the_makefile_runs_the_stages_in_registry_order():
         raise AssertionError("no run target")
     stages = [t for t in targets if t.startswith(("phase", "final"))]
     assert stages == [s.name for s in STAGES]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(commands()))
+def test_every_script_runs_by_path_from_anywhere(name, tmp_path):
+    """`python SCRIPT --help` from another folder: the scripts import the installed library (no sys.path edits)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / commands()[name]), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage:"), out.stderr[-1500:]
