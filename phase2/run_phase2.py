@@ -16,16 +16,13 @@ Writes phase2/results/runs/<fusion>-s<seed>/ (config, history, metrics, val pred
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from pathlib import Path
 
 from msa import cli, stamp
 
-log = logging.getLogger("phase2")
 PHASE_DIR = Path(__file__).resolve().parent
-METRICS = ("accuracy", "weighted_f1", "macro_f1", "f1_neutral", "ece", "seconds")
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -50,49 +47,18 @@ def build_parser() -> cli.ArgumentParser:
     return p
 
 
-def summarise(results: list[dict], key: str = "tag"):
-    """One row per method: mean and std (ddof=1) over seeds of every metric in METRICS."""
-    import pandas as pd
-
-    from msa.metrics import mean_std_columns
-
-    frame = pd.DataFrame(results)
-    rows = [{key: name, "n_seeds": len(grp), **mean_std_columns(grp, METRICS)}
-            for name, grp in frame.groupby(key, sort=False)]
-    return pd.DataFrame(rows).set_index(key)
-
-
-def markdown_table(table, title: str, first: str = "fusion") -> str:
-    from msa.metrics import pm
-
-    cols = [("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"),
-            ("f1_neutral", "neutral F1"), ("ece", "ECE")]
-    lines = [title, "", f"| {first} | " + " | ".join(n for _, n in cols) + " | seconds/run |",
-             "|---|" + "---:|" * (len(cols) + 1)]
-    best = table["weighted_f1_mean"].idxmax()
-    for name, r in table.iterrows():
-        cells = [pm(r, k) for k, _ in cols]
-        label = f"**{name}**" if name == best else str(name)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['seconds_mean']:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
-    from msa.experiment import RunSpec, labelled_features, load_backbones, load_labelled, run_grid, token_modalities
-    from msa.fusions import FUSIONS
+    from msa import fusion_search as stage
+    from msa.experiment import load_labelled, run_grid
     from msa.io import write_csv, write_json, write_text
     from msa.plots import grouped_bars
-    from msa.settings import HYPERPARAMETERS, parse_seeds, resolve
+    from msa.settings import parse_seeds, resolve
     from msa.side import csv_files as side_csv_files
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     t0 = time.time()
-    fusions = [f.strip() for f in args.fusions.split(",") if f.strip()]
-    unknown = [f for f in fusions if f not in FUSIONS]
-    if unknown or not fusions:
-        raise cli.UserError(f"unknown fusion(s) {', '.join(unknown) or '(none given)'}; "
-                            f"choose from {', '.join(FUSIONS)}")
+    fusions = stage.parse_fusions(args.fusions)
     seeds = parse_seeds(args.seeds)
     s = resolve(args)
     stamp_path = args.results_dir / "inputs_fusions.json"
@@ -103,43 +69,26 @@ def main(argv=None) -> int:
         print(f"phase 2 fusion search: up to date ({args.results_dir}); --force recomputes")
         return 0
     data = load_labelled(cli.work_dir(args), args.split)
-    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
-    tokens = sorted({m for f in fusions for m in token_modalities(f)})
-    fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
-                           args.feature_batch_size, side=s["side_features"])
+    fs = stage.grid_features(s, fusions, data, Path(args.data_root) / "data", args.cache_dir,
+                             args.feature_batch_size)
     record = cli.args_record(args) | {"resolved": s}
-    # the slowest fusions first, so that parallel workers finish together
-    order = sorted(fusions, key=lambda f: (f not in ("cross_attention", "encoder"), fusions.index(f)))
-    specs = [RunSpec(args.results_dir / "runs" / f"{f}-s{seed}", {**s, "feature_fusion": f}, seed, tag=f,
-                     mixed_precision=args.mixed_precision)
-             for f in order for seed in seeds]
+    specs = stage.grid_specs(s, fusions, seeds, args.results_dir / "runs", args.mixed_precision)
     results = run_grid(specs, fs, data, jobs=args.jobs, record=record, desc="phase 2 fusion x seed")
-    table = summarise(results).loc[fusions]
+    table = stage.summarise(results).loc[fusions]
     table.index.name = "fusion"
     write_csv(args.results_dir / "summary.csv", table.reset_index())
     grid_seconds = time.time() - t0
     title = (f"# Phase 2: fusion search (split `{data.split.name}`, seeds {', '.join(map(str, seeds))}, "
              f"{len(specs)} runs in {grid_seconds:.0f} s)")
-    write_text(args.results_dir / "summary.md", markdown_table(table, title))
+    write_text(args.results_dir / "summary.md", stage.markdown_table(table, title))
     grouped_bars(table, [("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"), ("f1_neutral", "neutral F1")],
                  args.figures_dir / "fusions.png", title=f"Fusions on the validation split (mean ± std, "
                  f"{len(seeds)} seeds)", ylim=(0, 1))
-    best = str(table["weighted_f1_mean"].idxmax())
-    settings = {**s, "feature_fusion": best}
-    best_config = {
-        "source": "phase2/run_phase2.py (fusion search)",
-        "selected_by": f"mean validation weighted F1 over seeds {seeds} on split {data.split.name}",
-        "split": data.split.name, "split_sha256": data.split.sha256, "seeds": seeds,
-        "settings": settings, "hyperparameters": {k: settings[k] for k in HYPERPARAMETERS},
-        "metrics": {m: {"mean": float(table.loc[best, f"{m}_mean"]), "std": float(table.loc[best, f"{m}_std"])}
-                    for m in METRICS if f"{m}_mean" in table},
-        "backbones": fs.backbones,
-        "fusion_search": {f: float(table.loc[f, "weighted_f1_mean"]) for f in fusions},
-    }
-    write_json(args.results_dir / "best_config.json", best_config)
+    best = stage.best_config(table, s, fusions, seeds, data, fs.backbones)
+    write_json(args.results_dir / "best_config.json", best)
     stamp.write(stamp_path, inputs, [args.results_dir / "summary.csv"])
-    print(markdown_table(table, f"phase 2: {len(specs)} runs in {grid_seconds:.1f}s"))
-    print(f"best fusion: {best} -> {args.results_dir / 'best_config.json'}")
+    print(stage.markdown_table(table, f"phase 2: {len(specs)} runs in {grid_seconds:.1f}s"))
+    print(f"best fusion: {best['settings']['feature_fusion']} -> {args.results_dir / 'best_config.json'}")
     return 0
 
 

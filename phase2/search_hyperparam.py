@@ -33,7 +33,6 @@ from msa import cli, stamp
 
 log = logging.getLogger("phase2.search")
 PHASE_DIR = Path(__file__).resolve().parent
-FINISHED = ("COMPLETE", "PRUNED")
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -68,128 +67,12 @@ def build_parser() -> cli.ArgumentParser:
     return p
 
 
-def suggest(trial, base: dict, search_fusion: bool) -> dict:
-    """The search space; everything else stays as in ``base``."""
-    from msa.fusions import FUSIONS
-
-    s = dict(base)
-    s["learning_rate"] = trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True)
-    s["weight_decay"] = trial.suggest_float("weight_decay", 1e-5, 0.1, log=True)
-    s["dropout"] = trial.suggest_float("dropout", 0.0, 0.6)
-    s["hidden"] = trial.suggest_categorical("hidden", [64, 128, 256, 512])
-    s["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128])
-    s["num_epochs"] = trial.suggest_int("num_epochs", 5, 40)
-    if search_fusion:
-        s["feature_fusion"] = trial.suggest_categorical("feature_fusion", list(FUSIONS))
-    return s
-
-
-class OverBudget(Exception):
-    """Raised by a trial that started after the study already had its trials (recorded as FAIL, not counted)."""
-
-
-def _finished(study) -> int:
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
-def over_budget(study, trial, n_trials: int) -> bool:
-    """True when the finished trials plus the running ones started before this one already reach the budget.
-
-    Trial numbers are handed out atomically by the storage, so of several workers racing for the last slot
-    exactly one (the lowest number) goes on."""
-    from optuna.trial import TrialState
-
-    running_before = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                      if t.number < trial.number]
-    return _finished(study) + len(running_before) >= n_trials
-
-
-def worker(args, base: dict, storage_url: str, n_trials: int, worker_id: int = 0) -> None:
-    """Run trials of the shared study until it has ``n_trials`` finished trials (or the timeout passes)."""
-    import optuna
-    import torch
-
-    from msa.experiment import labelled_features, load_backbones, load_labelled, token_modalities, train_run
-    from msa.settings import parse_seeds, train_config
-
-    if args.jobs > 1:
-        torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # an over-budget trial is an expected FAIL
-    seeds = parse_seeds(args.seeds)
-    data = load_labelled(cli.work_dir(args), args.split)
-    tb, ib = load_backbones(base["text_backbone"], base["image_backbone"], base["text_pooling"])
-    from msa.fusions import FUSIONS
-
-    fusions = list(FUSIONS) if args.search_fusion else [base["feature_fusion"]]
-    tokens = sorted({m for f in fusions for m in token_modalities(f)})
-    fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
-                           side=base["side_features"])
-    study = optuna.load_study(study_name=args.study_name, storage=storage_url,
-                              sampler=optuna.samplers.TPESampler(seed=args.sampler_seed + worker_id))
-    runs_dir = args.results_dir / "search_runs"
-    deadline = time.time() + args.timeout if args.timeout else None
-
-    def objective(trial):
-        if over_budget(study, trial, n_trials):
-            trial.set_user_attr("over_budget", True)
-            raise OverBudget(f"trial {trial.number}: the study already has its {n_trials} trials")
-        s = suggest(trial, base, args.search_fusion)
-        scores = []
-        for step, seed in enumerate(seeds):
-            res = train_run(runs_dir / f"trial{trial.number}-s{seed}", fs, data, fusion=s["feature_fusion"],
-                            loss=s["loss_type"], train_cfg=train_config(s, seed), hidden=int(s["hidden"]),
-                            dropout=float(s["dropout"]), args_record={"trial": trial.number, "settings": s},
-                            progress=False, light=True)
-            scores.append(res["metrics"]["weighted_f1"])
-            trial.report(sum(scores) / len(scores), step)
-            if step < len(seeds) - 1 and trial.should_prune():
-                raise optuna.TrialPruned()
-        trial.set_user_attr("f1_neutral", res["metrics"]["f1_neutral"])
-        return sum(scores) / len(scores)
-
-    while _finished(study) < n_trials and (deadline is None or time.time() < deadline):
-        before = len(study.trials)
-        study.optimize(objective, n_trials=1, catch=(OverBudget,))
-        if study.trials[-1].user_attrs.get("over_budget") or len(study.trials) == before:
-            break
-
-
-def _worker_entry(args, base, storage_url, n_trials, worker_id):
-    cli.setup_logging(False)
-    logging.getLogger("msa").setLevel(logging.WARNING)
-    worker(args, base, storage_url, n_trials, worker_id)
-
-
-def open_study(storage_url: str, name: str, pruner, attempts: int = 6):
-    """Create or load the study. Workers that start together race to create the schema and the study in a
-    fresh database; the loser of such a race retries after a short random pause."""
-    import random
-
-    import optuna
-
-    last = None
-    for attempt in range(attempts):
-        try:
-            kw = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {}
-            storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=kw)
-            return optuna.create_study(study_name=name, storage=storage, direction="maximize", pruner=pruner,
-                                       load_if_exists=True)
-        except Exception as exc:  # noqa: BLE001 - retried, then reported as the user's to fix
-            last = exc
-            time.sleep(0.2 + random.random() * (attempt + 1))
-    raise cli.UserError(f"cannot open Optuna storage {storage_url}: {str(last).splitlines()[0]}")
-
-
 def main(argv=None) -> int:
-    import hashlib
-    import json
-
     import optuna
 
+    from msa import fusion_search as stage
     from msa.io import write_csv, write_json
-    from msa.settings import HYPERPARAMETERS, resolve
+    from msa.settings import resolve
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
@@ -201,55 +84,26 @@ def main(argv=None) -> int:
     if stamp.check(stamp_path, inputs, args.force, "phase 2 hyper-parameter search"):
         print(f"phase 2 hyper-parameter search: up to date ({args.best_config}); --force recomputes")
         return 0
-    best_config = json.loads(args.best_config.read_text(encoding="utf-8")) if args.best_config.is_file() else None
-    if best_config is None:
-        log.warning("%s not found (phase2/run_phase2.py not run): starting from the defaults", args.best_config)
+    best_config = stage.start_settings(args.best_config)
     base = resolve(args, base=(best_config or {}).get("settings"))
-    if args.study_name is None:  # one study per set of inputs: same inputs resume it, changed inputs start anew
-        key = {k: v for k, v in inputs["arguments"].items() if k not in ("n_trials", "study_name", "force")}
-        digest = hashlib.sha256(json.dumps({**inputs, "arguments": key}, sort_keys=True).encode()).hexdigest()[:8]
-        args.study_name = ("phase2_all_fusions" if args.search_fusion else f"phase2_{base['feature_fusion']}") \
-            + f"-{digest}"
+    if args.study_name is None:
+        args.study_name = stage.default_study_name(inputs, base, args.search_fusion)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     storage_url = args.storage or f"sqlite:///{(args.results_dir / 'optuna.db').resolve()}"
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    study = open_study(storage_url, args.study_name, pruner)
-    done = _finished(study)
+    study = stage.open_study(storage_url, args.study_name, pruner)
+    done = stage.finished_count(study)
     print(f"study {args.study_name} in {storage_url}: {done} finished trials, target {args.n_trials}")
     t0 = time.time()
-    if args.jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_worker_entry, args, base, storage_url, args.n_trials, i) for i in range(args.jobs)]
-            for f in futures:
-                f.result()
-    elif done < args.n_trials:
-        worker(args, base, storage_url, args.n_trials)
+    stage.run_workers(args, base, storage_url, done)
     study = optuna.load_study(study_name=args.study_name, storage=storage_url)
-    finished = [t for t in study.trials if t.state.name in FINISHED and not t.user_attrs.get("over_budget")]
-    complete = [t for t in finished if t.state.name == "COMPLETE"]
-    if not complete:
-        raise cli.UserError(f"study {args.study_name} has no complete trial yet")
+    out, finished, complete = stage.searched_config(study, base, best_config, args, storage_url)
     trials = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
     write_csv(args.results_dir / "search_trials.csv", trials)
-    best = study.best_trial
-    settings = {**base, **best.params}
-    hp = {k: settings[k] for k in HYPERPARAMETERS}
-    out = dict(best_config or {"settings": base})
-    out.update({
-        "source": f"phase2/search_hyperparam.py (Optuna study {args.study_name!r} in {storage_url}, "
-                  f"trial {best.number} of {len(finished)})",
-        "selected_by": f"mean validation weighted F1 over seeds {args.seeds} on split {args.split}",
-        "settings": settings, "hyperparameters": hp,
-        "hyperparameter_search": {"study": args.study_name, "storage": storage_url, "best_trial": best.number,
-                                  "best_value": best.value, "finished_trials": len(finished),
-                                  "pruned_trials": len(finished) - len(complete), "params": best.params},
-    })
     write_json(args.best_config, out)
     plot_study(study, args.figures_dir)
     stamp.write(stamp_path, inputs, [args.best_config])
+    best = study.best_trial
     print(f"{len(finished)} trials ({len(finished) - len(complete)} pruned) in {time.time() - t0:.1f}s this run; "
           f"best mean weighted F1 {best.value:.4f} (trial {best.number}): {best.params}")
     print(f"-> {args.best_config}")

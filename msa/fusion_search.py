@@ -1,0 +1,282 @@
+"""The fusion-search stage (phase 2): the fusion x seed grid with its summary table and best_config.json, and the
+Optuna search of hyper-parameters that refines it. ``phase2/run_phase2.py`` and ``phase2/search_hyperparam.py``
+are the front ends (flags, the up-to-date check, writing the files and figures).
+
+* :func:`parse_fusions`, :func:`grid_features`, :func:`grid_specs`: the grid's fusions, features and runs;
+* :func:`summarise`, :func:`markdown_table`, :func:`best_config`: what the grid writes;
+* :func:`start_settings`, :func:`default_study_name`, :func:`open_study`: where a search starts and its study;
+* :func:`suggest`, :func:`over_budget`, :func:`worker`, :func:`run_workers`: the trials;
+* :func:`searched_config`: best_config.json updated with the study's best trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from msa import cli
+
+log = logging.getLogger("phase2.search")  # the stage's messages keep the name they have always had
+METRICS = ("accuracy", "weighted_f1", "macro_f1", "f1_neutral", "ece", "seconds")
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+# ----------------------------------------------------------------------------------------------- the grid
+def parse_fusions(text: str) -> list[str]:
+    """The comma-separated fusions of --fusions, each checked against the registry."""
+    from msa.fusions import FUSIONS
+
+    fusions = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in fusions if f not in FUSIONS]
+    if unknown or not fusions:
+        raise cli.UserError(f"unknown fusion(s) {', '.join(unknown) or '(none given)'}; "
+                            f"choose from {', '.join(FUSIONS)}")
+    return fusions
+
+
+def grid_features(s: dict, fusions: list[str], data, data_dir: Path, cache_dir: Path, batch_size: int):
+    """The features of every labelled post, with the token sequences any of ``fusions`` needs."""
+    from msa.experiment import labelled_features, load_backbones, token_modalities
+
+    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
+    tokens = sorted({m for f in fusions for m in token_modalities(f)})
+    return labelled_features(data_dir, data.guids, tb, ib, cache_dir, tokens, batch_size, side=s["side_features"])
+
+
+def grid_specs(s: dict, fusions: list[str], seeds: list[int], runs_dir: Path, mixed_precision) -> list:
+    """One run per fusion x seed, the slowest fusions first, so that parallel workers finish together."""
+    from msa.experiment import RunSpec
+
+    order = sorted(fusions, key=lambda f: (f not in ("cross_attention", "encoder"), fusions.index(f)))
+    return [RunSpec(runs_dir / f"{f}-s{seed}", {**s, "feature_fusion": f}, seed, tag=f,
+                    mixed_precision=mixed_precision)
+            for f in order for seed in seeds]
+
+
+def summarise(results: list[dict], key: str = "tag"):
+    """One row per method: mean and std (ddof=1) over seeds of every metric in METRICS."""
+    import pandas as pd
+
+    from msa.metrics import mean_std_columns
+
+    frame = pd.DataFrame(results)
+    rows = [{key: name, "n_seeds": len(grp), **mean_std_columns(grp, METRICS)}
+            for name, grp in frame.groupby(key, sort=False)]
+    return pd.DataFrame(rows).set_index(key)
+
+
+def markdown_table(table, title: str, first: str = "fusion") -> str:
+    from msa.metrics import pm
+
+    cols = [("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"),
+            ("f1_neutral", "neutral F1"), ("ece", "ECE")]
+    lines = [title, "", f"| {first} | " + " | ".join(n for _, n in cols) + " | seconds/run |",
+             "|---|" + "---:|" * (len(cols) + 1)]
+    best = table["weighted_f1_mean"].idxmax()
+    for name, r in table.iterrows():
+        cells = [pm(r, k) for k, _ in cols]
+        label = f"**{name}**" if name == best else str(name)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['seconds_mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def best_config(table, s: dict, fusions: list[str], seeds: list[int], data, backbones) -> dict:
+    """best_config.json: the fusion with the best mean validation weighted F1 and every setting it trained with."""
+    from msa.settings import HYPERPARAMETERS
+
+    best = str(table["weighted_f1_mean"].idxmax())
+    settings = {**s, "feature_fusion": best}
+    return {
+        "source": "phase2/run_phase2.py (fusion search)",
+        "selected_by": f"mean validation weighted F1 over seeds {seeds} on split {data.split.name}",
+        "split": data.split.name, "split_sha256": data.split.sha256, "seeds": seeds,
+        "settings": settings, "hyperparameters": {k: settings[k] for k in HYPERPARAMETERS},
+        "metrics": {m: {"mean": float(table.loc[best, f"{m}_mean"]), "std": float(table.loc[best, f"{m}_std"])}
+                    for m in METRICS if f"{m}_mean" in table},
+        "backbones": backbones,
+        "fusion_search": {f: float(table.loc[f, "weighted_f1_mean"]) for f in fusions},
+    }
+
+
+# ----------------------------------------------------------------------------------------------- the search
+def start_settings(path: Path) -> dict | None:
+    """The fusion search's best_config.json, or None (with a warning) when it was not run."""
+    import json
+
+    cfg = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if cfg is None:
+        log.warning("%s not found (phase2/run_phase2.py not run): starting from the defaults", path)
+    return cfg
+
+
+def default_study_name(inputs: dict, base: dict, search_fusion: bool) -> str:
+    """One study per set of inputs: the same inputs resume it, changed inputs start anew."""
+    import hashlib
+    import json
+
+    key = {k: v for k, v in inputs["arguments"].items() if k not in ("n_trials", "study_name", "force")}
+    digest = hashlib.sha256(json.dumps({**inputs, "arguments": key}, sort_keys=True).encode()).hexdigest()[:8]
+    return ("phase2_all_fusions" if search_fusion else f"phase2_{base['feature_fusion']}") + f"-{digest}"
+
+
+def suggest(trial, base: dict, search_fusion: bool) -> dict:
+    """The search space; everything else stays as in ``base``."""
+    from msa.fusions import FUSIONS
+
+    s = dict(base)
+    s["learning_rate"] = trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True)
+    s["weight_decay"] = trial.suggest_float("weight_decay", 1e-5, 0.1, log=True)
+    s["dropout"] = trial.suggest_float("dropout", 0.0, 0.6)
+    s["hidden"] = trial.suggest_categorical("hidden", [64, 128, 256, 512])
+    s["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128])
+    s["num_epochs"] = trial.suggest_int("num_epochs", 5, 40)
+    if search_fusion:
+        s["feature_fusion"] = trial.suggest_categorical("feature_fusion", list(FUSIONS))
+    return s
+
+
+class OverBudget(Exception):
+    """Raised by a trial that started after the study already had its trials (recorded as FAIL, not counted)."""
+
+
+def finished_count(study) -> int:
+    """The study's finished (complete or pruned) trials."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def over_budget(study, trial, n_trials: int) -> bool:
+    """True when the finished trials plus the running ones started before this one already reach the budget.
+
+    Trial numbers are handed out atomically by the storage, so of several workers racing for the last slot
+    exactly one (the lowest number) goes on."""
+    from optuna.trial import TrialState
+
+    running_before = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                      if t.number < trial.number]
+    return finished_count(study) + len(running_before) >= n_trials
+
+
+def make_objective(study, base: dict, fs, data, seeds: list[int], runs_dir: Path, n_trials: int,
+                   search_fusion: bool):
+    """Optuna's objective: the mean validation weighted F1 over ``seeds``, reported after each seed (pruning)."""
+    import optuna
+
+    from msa.experiment import train_run
+    from msa.settings import train_config
+
+    def objective(trial):
+        if over_budget(study, trial, n_trials):
+            trial.set_user_attr("over_budget", True)
+            raise OverBudget(f"trial {trial.number}: the study already has its {n_trials} trials")
+        s = suggest(trial, base, search_fusion)
+        scores = []
+        for step, seed in enumerate(seeds):
+            res = train_run(runs_dir / f"trial{trial.number}-s{seed}", fs, data, fusion=s["feature_fusion"],
+                            loss=s["loss_type"], train_cfg=train_config(s, seed), hidden=int(s["hidden"]),
+                            dropout=float(s["dropout"]), args_record={"trial": trial.number, "settings": s},
+                            progress=False, light=True)
+            scores.append(res["metrics"]["weighted_f1"])
+            trial.report(sum(scores) / len(scores), step)
+            if step < len(seeds) - 1 and trial.should_prune():
+                raise optuna.TrialPruned()
+        trial.set_user_attr("f1_neutral", res["metrics"]["f1_neutral"])
+        return sum(scores) / len(scores)
+
+    return objective
+
+
+def worker(args, base: dict, storage_url: str, n_trials: int, worker_id: int = 0) -> None:
+    """Run trials of the shared study until it has ``n_trials`` finished trials (or the timeout passes)."""
+    import optuna
+    import torch
+
+    from msa.experiment import labelled_features, load_backbones, load_labelled, token_modalities
+    from msa.fusions import FUSIONS
+    from msa.settings import parse_seeds
+
+    if args.jobs > 1:
+        torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # an over-budget trial is an expected FAIL
+    seeds = parse_seeds(args.seeds)
+    data = load_labelled(cli.work_dir(args), args.split)
+    tb, ib = load_backbones(base["text_backbone"], base["image_backbone"], base["text_pooling"])
+    fusions = list(FUSIONS) if args.search_fusion else [base["feature_fusion"]]
+    tokens = sorted({m for f in fusions for m in token_modalities(f)})
+    fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
+                           side=base["side_features"])
+    study = optuna.load_study(study_name=args.study_name, storage=storage_url,
+                              sampler=optuna.samplers.TPESampler(seed=args.sampler_seed + worker_id))
+    objective = make_objective(study, base, fs, data, seeds, args.results_dir / "search_runs", n_trials,
+                               args.search_fusion)
+    deadline = time.time() + args.timeout if args.timeout else None
+    while finished_count(study) < n_trials and (deadline is None or time.time() < deadline):
+        before = len(study.trials)
+        study.optimize(objective, n_trials=1, catch=(OverBudget,))
+        if study.trials[-1].user_attrs.get("over_budget") or len(study.trials) == before:
+            break
+
+
+def _worker_entry(args, base, storage_url, n_trials, worker_id):
+    cli.setup_logging(False)
+    logging.getLogger("msa").setLevel(logging.WARNING)
+    worker(args, base, storage_url, n_trials, worker_id)
+
+
+def run_workers(args, base: dict, storage_url: str, done: int) -> None:
+    """--jobs local worker processes on the study (one: in this process, and only if trials are missing)."""
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_worker_entry, args, base, storage_url, args.n_trials, i) for i in range(args.jobs)]
+            for f in futures:
+                f.result()
+    elif done < args.n_trials:
+        worker(args, base, storage_url, args.n_trials)
+
+
+def open_study(storage_url: str, name: str, pruner, attempts: int = 6):
+    """Create or load the study. Workers that start together race to create the schema and the study in a
+    fresh database; the loser of such a race retries after a short random pause."""
+    import random
+
+    import optuna
+
+    last = None
+    for attempt in range(attempts):
+        try:
+            kw = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {}
+            storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=kw)
+            return optuna.create_study(study_name=name, storage=storage, direction="maximize", pruner=pruner,
+                                       load_if_exists=True)
+        except Exception as exc:  # noqa: BLE001 - retried, then reported as the user's to fix
+            last = exc
+            time.sleep(0.2 + random.random() * (attempt + 1))
+    raise cli.UserError(f"cannot open Optuna storage {storage_url}: {str(last).splitlines()[0]}")
+
+
+def searched_config(study, base: dict, start: dict | None, args, storage_url: str) -> tuple[dict, list, list]:
+    """best_config.json updated with the study's best trial, and the study's finished and complete trials."""
+    from msa.settings import HYPERPARAMETERS
+
+    finished = [t for t in study.trials if t.state.name in FINISHED and not t.user_attrs.get("over_budget")]
+    complete = [t for t in finished if t.state.name == "COMPLETE"]
+    if not complete:
+        raise cli.UserError(f"study {args.study_name} has no complete trial yet")
+    best = study.best_trial
+    settings = {**base, **best.params}
+    out = dict(start or {"settings": base})
+    out.update({
+        "source": f"phase2/search_hyperparam.py (Optuna study {args.study_name!r} in {storage_url}, "
+                  f"trial {best.number} of {len(finished)})",
+        "selected_by": f"mean validation weighted F1 over seeds {args.seeds} on split {args.split}",
+        "settings": settings, "hyperparameters": {k: settings[k] for k in HYPERPARAMETERS},
+        "hyperparameter_search": {"study": args.study_name, "storage": storage_url, "best_trial": best.number,
+                                  "best_value": best.value, "finished_trials": len(finished),
+                                  "pruned_trials": len(finished) - len(complete), "params": best.params},
+    })
+    return out, finished, complete
