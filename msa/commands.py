@@ -25,10 +25,14 @@ def _usage() -> str:
 
 
 def run(name: str, argv: Sequence[str]) -> int:
-    """Run the script of command ``name`` with ``argv`` as its command line; its exit status."""
-    if name in ("report", "demo"):
-        module = f"msa.{name}"
-        target, runner = module, lambda: runpy.run_module(module, run_name="__main__", alter_sys=True)
+    """Run the script (or library module) of command ``name`` with ``argv`` as its command line; its exit status."""
+    if name in ("report", "demo"):  # library modules: their main, as `python -m msa.<name>` runs it
+        import importlib
+
+        from msa.cli import run_main
+
+        target = f"msa.{name}"
+        runner = lambda: sys.exit(run_main(importlib.import_module(target).main, list(argv)))  # noqa: E731
     else:
         script = commands().get(name)
         if script is None:

@@ -94,7 +94,7 @@ def _check(kind: str, name: str, posts, tmp_path, monkeypatch) -> None:
         logits = torch.randn(6, 3, requires_grad=True)
         value = loss_fn(logits, torch.tensor([0, 1, 2, 2, 1, 0]))
         value.backward()
-        assert value.ndim == 0 and math.isfinite(float(value)) and logits.grad is not None
+        assert value.ndim == 0 and math.isfinite(value.item()) and logits.grad is not None
     elif kind == "regression_loss":
         value = REGRESSION_LOSSES[name]()(torch.tensor([0.5, -1.0]), torch.tensor([0.0, -1.0]))
         assert float(value) > 0
