@@ -25,7 +25,7 @@ STAMP  := $(VENV)/.installed
 FORCE  ?=
 F      := $(if $(FORCE),--force,)
 
-.PHONY: setup lock test-fast models run check-data demo trend mosi phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report test lint clean help
+.PHONY: setup lock test-fast models run check-data demo trend mosi phase0 phase1 phase2 phase3 phase4 phase5 phase6 final ablation predict report docs-results test lint clean help
 
 help:
 	@echo "make setup              create $(VENV), install requirements.lock and the project (editable; idempotent)"
@@ -37,6 +37,8 @@ help:
 	@echo "make run DATA=PATH      set up, then run the pipeline on the dataset root PATH (default dataset/)"
 	@echo "make test [DATA=PATH]   set up, then ruff + pytest (the real-data tests use DATA when it has train.txt)"
 	@echo "make test-fast          set up, then the fast tier: unit tests only (under a minute)"
+	@echo "make report             results/REPORT.md and REPORT.html from every stage's results"
+	@echo "make docs-results       the same report with its figures copied into docs/results/ (generated, untracked)"
 
 setup: $(STAMP)
 
@@ -133,6 +135,9 @@ predict: setup models final
 
 report: setup
 	$(PY) -m msa.report
+
+docs-results: setup
+	$(PY) -m msa.report --output docs/results/REPORT.md --copy-figures
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -29,7 +29,7 @@ from msa.data import read_index
 from msa.features import extract_features
 
 
-def main(argv=None) -> int:
+def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--data-root", type=Path, default=Path("dataset"), help="dataset root with train.txt and data/")
     p.add_argument("--limit", type=cli.positive_int, default=256, help="number of pairs")
@@ -45,7 +45,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=cli.non_negative_int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--each", default="", metavar="LIST",
                    help="also time each of these backbones alone (comma-separated text or image names/folders)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     guids = read_index(args.data_root / "train.txt").guids[: args.limit]
@@ -53,65 +57,67 @@ def main(argv=None) -> int:
     tb, ib = text_backbone(args.text_backbone), image_backbone(args.image_backbone)
     t_load = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as cache:
-        t1 = time.perf_counter()
-        extract_features(guids, args.data_root / "data", tb, None, cache, tokens=args.tokens,
-                         batch_size=args.batch_size, progress=False)
-        t_text = time.perf_counter() - t1
+        t_text = _timed(guids, args, tb, None, cache, tokens=args.tokens)
         if args.compare:
-            with tempfile.TemporaryDirectory() as eager_cache:
-                t = time.perf_counter()
-                extract_features(guids, args.data_root / "data", None, ib, eager_cache, tokens=args.tokens,
-                                 batch_size=args.batch_size, progress=False, accelerate=False)
-                t_eager = time.perf_counter() - t
-            print(f"image {len(guids)} in eager PyTorch {t_eager:.2f}s ({1000 * t_eager / len(guids):.1f} ms/image); "
-                  f"pairs_per_s without onnxruntime {len(guids) / (t_text + t_eager):.1f}")
-            for workers in (0, args.decode_workers):  # decoding inline, then overlapped (as in the pipeline)
-                with tempfile.TemporaryDirectory() as steady_cache:
-                    extract_features(guids[:2], args.data_root / "data", None, ib, steady_cache, batch_size=2,
-                                     progress=False)  # the ONNX export first: the timing below is the steady state
-                    t = time.perf_counter()
-                    extract_features(guids, args.data_root / "data", None, ib, steady_cache, tokens=args.tokens,
-                                     batch_size=args.batch_size, progress=False, decode_workers=workers)
-                    dt = time.perf_counter() - t
-                how = "inline decoding" if workers == 0 else "decoding overlapped"
-                print(f"image {len(guids)} in onnxruntime, {how}, export excluded: {dt:.2f}s "
-                      f"({1000 * dt / len(guids):.1f} ms/image)")
-        t2 = time.perf_counter()
-        extract_features(guids, args.data_root / "data", None, ib, cache, tokens=args.tokens,
-                         batch_size=args.batch_size, progress=False, decode_workers=args.decode_workers)
-        t_image = time.perf_counter() - t2
-        t3 = time.perf_counter()
-        extract_features(guids, args.data_root / "data", tb, ib, cache, tokens=args.tokens,
-                         batch_size=args.batch_size, progress=False)
-        t_warm = time.perf_counter() - t3
+            _compare_image_passes(guids, args, ib, t_text)
+        t_image = _timed(guids, args, None, ib, cache, tokens=args.tokens, decode_workers=args.decode_workers)
+        t_warm = _timed(guids, args, tb, ib, cache, tokens=args.tokens)
+    for name in [n.strip() for n in args.each.split(",") if n.strip()]:
+        _time_one_backbone(name, guids, args)
+    _print_summary(len(guids), args, t_load, t_text, t_image, t_warm)
+    return 0
+
+
+def _timed(guids: list[str], args, tb, ib, cache, **kw) -> float:
+    """Seconds of one :func:`extract_features` pass of ``guids`` (batch size from the flags, no progress bar)."""
+    t = time.perf_counter()
+    extract_features(guids, args.data_root / "data", tb, ib, cache, batch_size=args.batch_size, progress=False, **kw)
+    return time.perf_counter() - t
+
+
+def _compare_image_passes(guids: list[str], args, ib, t_text: float) -> None:
+    """--compare: the image pass in eager PyTorch, then in onnxruntime with inline and with overlapped decoding."""
+    with tempfile.TemporaryDirectory() as eager_cache:
+        t_eager = _timed(guids, args, None, ib, eager_cache, tokens=args.tokens, accelerate=False)
+    print(f"image {len(guids)} in eager PyTorch {t_eager:.2f}s ({1000 * t_eager / len(guids):.1f} ms/image); "
+          f"pairs_per_s without onnxruntime {len(guids) / (t_text + t_eager):.1f}")
+    for workers in (0, args.decode_workers):  # decoding inline, then overlapped (as in the pipeline)
+        with tempfile.TemporaryDirectory() as steady_cache:
+            extract_features(guids[:2], args.data_root / "data", None, ib, steady_cache, batch_size=2,
+                             progress=False)  # the ONNX export first: the timing below is the steady state
+            dt = _timed(guids, args, None, ib, steady_cache, tokens=args.tokens, decode_workers=workers)
+        how = "inline decoding" if workers == 0 else "decoding overlapped"
+        print(f"image {len(guids)} in onnxruntime, {how}, export excluded: {dt:.2f}s "
+              f"({1000 * dt / len(guids):.1f} ms/image)")
+
+
+def _time_one_backbone(name: str, guids: list[str], args) -> None:
+    """--each: one backbone alone on the same posts, from a cold cache; one ``backbone=...`` line."""
     from msa.backbones import IMAGE_BACKBONES, BackboneError
 
-    for name in [n.strip() for n in args.each.split(",") if n.strip()]:
-        try:
-            is_image = name in IMAGE_BACKBONES or not _is_text(name)
-            bb = image_backbone(name) if is_image else text_backbone(name)
-        except BackboneError as exc:
-            print(f"backbone={name} unavailable: {exc}")
-            continue
-        with tempfile.TemporaryDirectory() as each_cache:
-            t = time.perf_counter()
-            extract_features(guids, args.data_root / "data", None if is_image else bb, bb if is_image else None,
-                             each_cache, batch_size=args.batch_size, progress=False,
-                             decode_workers=args.decode_workers)
-            dt = time.perf_counter() - t
-        print(f"backbone={name} kind={'image' if is_image else 'text'} dim={bb.info.dim} "
-              f"ms_per_item={1000 * dt / len(guids):.1f} items_per_s={len(guids) / dt:.1f}")
-    total = t_text + t_image
-    print(f"backbones loaded in {t_load:.1f}s; torch threads {torch.get_num_threads()}")
-    print(f"text  {len(guids)} in {t_text:.2f}s ({1000 * t_text / len(guids):.1f} ms/text)")
+    try:
+        is_image = name in IMAGE_BACKBONES or not _is_text(name)
+        bb = image_backbone(name) if is_image else text_backbone(name)
+    except BackboneError as exc:
+        print(f"backbone={name} unavailable: {exc}")
+        return
+    with tempfile.TemporaryDirectory() as each_cache:
+        dt = _timed(guids, args, None if is_image else bb, bb if is_image else None, each_cache,
+                    decode_workers=args.decode_workers)
+    print(f"backbone={name} kind={'image' if is_image else 'text'} dim={bb.info.dim} "
+          f"ms_per_item={1000 * dt / len(guids):.1f} items_per_s={len(guids) / dt:.1f}")
+
+
+def _print_summary(n: int, args, t_load: float, t_text: float, t_image: float, t_warm: float) -> None:
     from msa.features import default_decode_workers
 
+    print(f"backbones loaded in {t_load:.1f}s; torch threads {torch.get_num_threads()}")
+    print(f"text  {n} in {t_text:.2f}s ({1000 * t_text / n:.1f} ms/text)")
     workers = default_decode_workers() if args.decode_workers is None else args.decode_workers
-    print(f"image {len(guids)} in onnxruntime {t_image:.2f}s ({1000 * t_image / len(guids):.1f} ms/image; "
+    print(f"image {n} in onnxruntime {t_image:.2f}s ({1000 * t_image / n:.1f} ms/image; "
           f"{workers} decode thread(s))")
     print(f"warm cache reload {t_warm:.2f}s")
-    print(f"pairs_per_s={len(guids) / total:.1f}")
-    return 0
+    print(f"pairs_per_s={n / (t_text + t_image):.1f}")
 
 
 def _is_text(name: str) -> bool:

@@ -159,32 +159,32 @@ def recipe(config: dict, checkpoint_config: dict | None = None) -> dict:
     them, with ``feature_fusion``, ``loss_type`` and ``sampler`` as trained), ``loss_kw``, ``mixed_precision``,
     ``seeds`` (the phase's ``--seeds``, or ``None``) and ``notes`` (what a retrain cannot reproduce).
 
-    Sources, later wins: built-in defaults, ``arguments.resolved``, ``train`` (optimiser, schedule, epochs,
-    sampler as used), ``fusion`` / ``loss``, and the checkpoint's ``hidden`` / ``dropout``."""
+    Sources, later wins: built-in defaults, the recorded ``settings`` (in a run folder written before they were
+    recorded: ``arguments.resolved``), ``train`` (optimiser, schedule, epochs, sampler as used), ``fusion`` /
+    ``loss``, and the checkpoint's ``hidden`` / ``dropout``."""
     from msa.fusions import FUSIONS
     from msa.losses import LOSSES
-    from msa.settings import DEFAULTS, parse_seeds
+    from msa.settings import Settings, parse_seeds
 
     if not isinstance(config.get("train"), dict) or "fusion" not in config or "loss" not in config:
         raise cli.UserError("the run config has no 'train', 'fusion' and 'loss' entries: it was not written by "
                             "msa.experiment.train_run, so the recipe is unknown")
-    args = config.get("arguments") if isinstance(config.get("arguments"), dict) else {}
-    resolved = args.get("resolved") if isinstance(args.get("resolved"), dict) else {}
-    s = dict(DEFAULTS)
-    s.update({k: v for k, v in resolved.items() if k in s})
-    train = config["train"]
-    for k in ("learning_rate", "weight_decay", "num_epochs", "batch_size", "warmup_ratio", "scheduler", "patience",
-              "sampler"):
-        if k in train:
-            s[k] = train[k]
-    s["feature_fusion"], s["loss_type"] = config["fusion"], config["loss"]
-    if s["feature_fusion"] not in FUSIONS or s["loss_type"] not in LOSSES:
-        raise cli.UserError(f"the run config names fusion {s['feature_fusion']!r} and loss {s['loss_type']!r}; "
+    if config["fusion"] not in FUSIONS or config["loss"] not in LOSSES:
+        raise cli.UserError(f"the run config names fusion {config['fusion']!r} and loss {config['loss']!r}; "
                             f"this version knows fusions {sorted(FUSIONS)} and losses {sorted(LOSSES)}")
+    args = config.get("arguments") if isinstance(config.get("arguments"), dict) else {}
+    train = config["train"]
+    # the resolved settings (recorded since settings are typed; older run folders: the phase's resolved
+    # arguments), then the trainer's record of what it used
+    recorded = config.get("settings") if isinstance(config.get("settings"), dict) else args.get("resolved")
+    layers = [recorded if isinstance(recorded, dict) else {},
+              {k: train[k] for k in ("learning_rate", "weight_decay", "num_epochs", "batch_size", "warmup_ratio",
+                                     "scheduler", "patience", "sampler") if k in train}]
+    merged = {k: v for layer in layers for k, v in layer.items()}
+    s = Settings.from_dict({**merged, "feature_fusion": config["fusion"], "loss_type": config["loss"]},
+                           "the run config", strict=False)
     model = (checkpoint_config or {}).get("model") or {}
-    for k in ("hidden", "dropout"):
-        if k in model:
-            s[k] = model[k]
+    s = s.replace("the checkpoint", **{k: model[k] for k in ("hidden", "dropout") if k in model})
     notes = []
     extra = {k: v for k, v in model.items() if k not in ("specs", "fusion", "num_outputs", "hidden", "dropout")}
     if extra:

@@ -19,6 +19,7 @@ from msa import cli
 from msa.data import LABEL2ID, LABELS, read_index
 from msa.features import DEFAULT_CACHE_DIR, TEXT_NORMALISATION, FeatureSet, extract_features
 from msa.io import write_csv, write_json
+from msa.records import RunFolder
 from msa.splits import Split, load_split
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache
 
 def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, loss: str, train_cfg, hidden: int,
               dropout: float, args_record: dict, loss_kw: dict | None = None, progress: bool = True,
-              light: bool = False, init_from: Path | None = None, resume: bool = False) -> dict:
+              light: bool = False, init_from: Path | None = None, resume: bool = False, settings=None) -> dict:
     """Train one model and write its run folder; returns the fit result plus ``metrics``.
 
     ``init_from`` (a checkpoint folder) fine-tunes that model, and its loss state, instead of a new one; its
@@ -119,7 +120,11 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
 
     ``light`` (searches): no checkpoint and no figures, only config, history, metrics and predictions.
 
-    ``resume`` continues an interrupted run from its last epoch state (``resume_state.pt``) when it has one."""
+    ``resume`` continues an interrupted run from its last epoch state (``resume_state.pt``) when it has one.
+
+    ``settings`` (the run's resolved :class:`msa.settings.Settings`) is recorded in ``config.json`` as
+    ``settings``, with the fusion and loss as trained, so that the run can be rebuilt from it
+    (:func:`msa.ablation.recipe`)."""
     import torch
 
     from msa.fusions import SIDE, ModalitySpec, MultimodalClassifier, SideBranch
@@ -171,30 +176,33 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
         "init_from": str(init_from) if init_from is not None else None,
         "side_features": side_record,
     }
+    if settings is not None:
+        config["settings"] = {**settings, "feature_fusion": fusion, "loss_type": loss}
     ckpt_config = {"model": model.config(), "labels": list(LABELS), "backbones": fs.backbones,
                    "text_normalisation": TEXT_NORMALISATION, "token_modalities": token_mods,
                    "side_features": side_record,
                    "loss": {"name": loss, "kw": loss_kw or {}, "class_counts": counts}}
+    folder = RunFolder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config)
+    write_json(folder.config, config)
     result = fit(model, loss_fn, train_ds, val_ds, train_cfg, LABELS, run_dir=run_dir,
                  checkpoint_config=None if light else ckpt_config, progress=progress, resume=resume)
     metrics = dict(result["best_metrics"] or {})
     metrics.update(best_epoch=result["best_epoch"], epochs_run=len(result["history"]),
                    seconds=round(time.time() - t0, 2))
-    write_json(run_dir / "metrics.json", metrics)
+    write_json(folder.metrics, metrics)
     proba, index = result["val_proba"], result["val_index"]
     preds = pd.DataFrame({"guid": [fs.guids[i] for i in index], "label": [LABELS[data.labels[i]] for i in index],
                           "pred": [LABELS[k] for k in proba.argmax(1)]})
     for k, lab in enumerate(LABELS):
         preds[f"p_{lab}"] = proba[:, k].round(6)
-    write_csv(run_dir / "val_predictions.csv", preds)
+    write_csv(folder.val_predictions, preds)
     if light:
         result["metrics"] = metrics
         return result
-    training_curves(result["history"], run_dir / "figures" / "training_curves.png", title=run_dir.name)
+    training_curves(result["history"], folder.figures / "training_curves.png", title=run_dir.name)
     if "confusion_matrix" in metrics:
-        confusion_matrix(metrics["confusion_matrix"], LABELS, run_dir / "figures" / "confusion_matrix.png",
+        confusion_matrix(metrics["confusion_matrix"], LABELS, folder.figures / "confusion_matrix.png",
                          title=f"{run_dir.name} (val)")
     result["metrics"] = metrics
     return result
@@ -218,63 +226,28 @@ class RunSpec:
     val_idx: list[int] | None = None  # early-stopping rows other than the split's (e.g. an inner validation set)
 
 
-_WORKER: dict = {}
+def _run_one(shared: dict, spec: RunSpec) -> dict:
+    """One spec of a grid, in a worker process or inline (:func:`msa.workers.run_jobs`)."""
+    from msa.settings import Settings
 
-
-def _init_worker(fs: FeatureSet, data: Labelled, threads: int | None, record: dict) -> None:
-    """Per-process state of a grid worker (``threads=None``: the calling process, left as it is)."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-        logging.getLogger("msa").setLevel(logging.WARNING)
-    _WORKER.update(fs=fs, data=data, record=record)
-
-
-def _run_one(spec: RunSpec) -> dict:
-    from msa.settings import train_config
-
-    s = spec.settings
-    data = _WORKER["data"]
+    s = spec.settings if isinstance(spec.settings, Settings) else Settings.from_dict(spec.settings, strict=False)
+    data = shared["data"]
     if spec.train_idx is not None:
         data = replace(data, train_idx=list(spec.train_idx))
     if spec.val_idx is not None:
         data = replace(data, val_idx=list(spec.val_idx))
-    res = train_run(spec.run_dir, _WORKER["fs"], data, fusion=s["feature_fusion"], loss=s["loss_type"],
-                    train_cfg=train_config(s, spec.seed, spec.mixed_precision), hidden=int(s["hidden"]),
-                    dropout=float(s["dropout"]),
-                    args_record=_WORKER["record"], loss_kw=spec.loss_kw, progress=False, light=spec.light,
-                    init_from=spec.init_from, resume=spec.resume)
+    res = train_run(spec.run_dir, shared["fs"], data, fusion=s.feature_fusion, loss=s.loss_type,
+                    train_cfg=s.train_config(spec.seed, spec.mixed_precision), hidden=int(s.hidden),
+                    dropout=float(s.dropout), args_record=shared["record"], loss_kw=spec.loss_kw, progress=False,
+                    light=spec.light, init_from=spec.init_from, resume=spec.resume, settings=s)
     return {"tag": spec.tag, "seed": spec.seed, "run_dir": str(spec.run_dir), **res["metrics"]}
 
 
 def run_grid(specs: list[RunSpec], fs: FeatureSet, data: Labelled, jobs: int = 1, record: dict | None = None,
              desc: str = "runs") -> list[dict]:
-    """Train every spec; with ``jobs`` > 1 in that many processes (one torch thread each).
+    """Train every spec; with ``jobs`` > 1 in that many processes (the cores shared out).
 
     Returns one metrics dict per spec, in the order of ``specs``."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
+    from msa.workers import run_jobs
 
-    from tqdm import tqdm
-
-    record = record or {}
-    jobs = max(1, min(jobs, len(specs)))
-    results: list[dict | None] = [None] * len(specs)
-    bar = tqdm(total=len(specs), desc=desc, unit="run", disable=None)
-    if jobs == 1:
-        _init_worker(fs, data, None, record)
-        for i, spec in enumerate(specs):
-            results[i] = _run_one(spec)
-            bar.update()
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(fs, data, threads, record)) as pool:
-            futures = {pool.submit(_run_one, spec): i for i, spec in enumerate(specs)}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                bar.update()
-    bar.close()
-    return results  # type: ignore[return-value]
+    return run_jobs(_run_one, specs, {"fs": fs, "data": data, "record": record or {}}, n_jobs=jobs, desc=desc)

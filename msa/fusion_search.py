@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from msa import cli
+from msa.settings import Settings
 
 log = logging.getLogger("phase2.search")  # the stage's messages keep the name they have always had
 METRICS = ("accuracy", "weighted_f1", "macro_f1", "f1_neutral", "ece", "seconds")
@@ -39,17 +40,17 @@ def grid_features(s: dict, fusions: list[str], data, data_dir: Path, cache_dir: 
     """The features of every labelled post, with the token sequences any of ``fusions`` needs."""
     from msa.experiment import labelled_features, load_backbones, token_modalities
 
-    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
+    tb, ib = load_backbones(s.text_backbone, s.image_backbone, s.text_pooling)
     tokens = sorted({m for f in fusions for m in token_modalities(f)})
-    return labelled_features(data_dir, data.guids, tb, ib, cache_dir, tokens, batch_size, side=s["side_features"])
+    return labelled_features(data_dir, data.guids, tb, ib, cache_dir, tokens, batch_size, side=s.side_features)
 
 
-def grid_specs(s: dict, fusions: list[str], seeds: list[int], runs_dir: Path, mixed_precision) -> list:
+def grid_specs(s: Settings, fusions: list[str], seeds: list[int], runs_dir: Path, mixed_precision) -> list:
     """One run per fusion x seed, the slowest fusions first, so that parallel workers finish together."""
     from msa.experiment import RunSpec
 
     order = sorted(fusions, key=lambda f: (f not in ("cross_attention", "encoder"), fusions.index(f)))
-    return [RunSpec(runs_dir / f"{f}-s{seed}", {**s, "feature_fusion": f}, seed, tag=f,
+    return [RunSpec(runs_dir / f"{f}-s{seed}", s.replace(feature_fusion=f), seed, tag=f,
                     mixed_precision=mixed_precision)
             for f in order for seed in seeds]
 
@@ -81,17 +82,15 @@ def markdown_table(table, title: str, first: str = "fusion") -> str:
     return "\n".join(lines) + "\n"
 
 
-def best_config(table, s: dict, fusions: list[str], seeds: list[int], data, backbones) -> dict:
+def best_config(table, s: Settings, fusions: list[str], seeds: list[int], data, backbones) -> dict:
     """best_config.json: the fusion with the best mean validation weighted F1 and every setting it trained with."""
-    from msa.settings import HYPERPARAMETERS
-
     best = str(table["weighted_f1_mean"].idxmax())
-    settings = {**s, "feature_fusion": best}
+    settings = s.replace(feature_fusion=best)
     return {
         "source": "phase2/run_phase2.py (fusion search)",
         "selected_by": f"mean validation weighted F1 over seeds {seeds} on split {data.split.name}",
         "split": data.split.name, "split_sha256": data.split.sha256, "seeds": seeds,
-        "settings": settings, "hyperparameters": {k: settings[k] for k in HYPERPARAMETERS},
+        "settings": settings.to_dict(), "hyperparameters": settings.hyperparameters,
         "metrics": {m: {"mean": float(table.loc[best, f"{m}_mean"]), "std": float(table.loc[best, f"{m}_std"])}
                     for m in METRICS if f"{m}_mean" in table},
         "backbones": backbones,
@@ -110,30 +109,29 @@ def start_settings(path: Path) -> dict | None:
     return cfg
 
 
-def default_study_name(inputs: dict, base: dict, search_fusion: bool) -> str:
+def default_study_name(inputs: dict, base: Settings, search_fusion: bool) -> str:
     """One study per set of inputs: the same inputs resume it, changed inputs start anew."""
     import hashlib
     import json
 
     key = {k: v for k, v in inputs["arguments"].items() if k not in ("n_trials", "study_name", "force")}
     digest = hashlib.sha256(json.dumps({**inputs, "arguments": key}, sort_keys=True).encode()).hexdigest()[:8]
-    return ("phase2_all_fusions" if search_fusion else f"phase2_{base['feature_fusion']}") + f"-{digest}"
+    return ("phase2_all_fusions" if search_fusion else f"phase2_{base.feature_fusion}") + f"-{digest}"
 
 
-def suggest(trial, base: dict, search_fusion: bool) -> dict:
+def suggest(trial, base: Settings, search_fusion: bool) -> Settings:
     """The search space; everything else stays as in ``base``."""
     from msa.fusions import FUSIONS
 
-    s = dict(base)
-    s["learning_rate"] = trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True)
-    s["weight_decay"] = trial.suggest_float("weight_decay", 1e-5, 0.1, log=True)
-    s["dropout"] = trial.suggest_float("dropout", 0.0, 0.6)
-    s["hidden"] = trial.suggest_categorical("hidden", [64, 128, 256, 512])
-    s["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128])
-    s["num_epochs"] = trial.suggest_int("num_epochs", 5, 40)
+    s = {"learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
+         "weight_decay": trial.suggest_float("weight_decay", 1e-5, 0.1, log=True),
+         "dropout": trial.suggest_float("dropout", 0.0, 0.6),
+         "hidden": trial.suggest_categorical("hidden", [64, 128, 256, 512]),
+         "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+         "num_epochs": trial.suggest_int("num_epochs", 5, 40)}
     if search_fusion:
         s["feature_fusion"] = trial.suggest_categorical("feature_fusion", list(FUSIONS))
-    return s
+    return base.replace(**s)
 
 
 class OverBudget(Exception):
@@ -159,13 +157,12 @@ def over_budget(study, trial, n_trials: int) -> bool:
     return finished_count(study) + len(running_before) >= n_trials
 
 
-def make_objective(study, base: dict, fs, data, seeds: list[int], runs_dir: Path, n_trials: int,
+def make_objective(study, base: Settings, fs, data, seeds: list[int], runs_dir: Path, n_trials: int,
                    search_fusion: bool):
     """Optuna's objective: the mean validation weighted F1 over ``seeds``, reported after each seed (pruning)."""
     import optuna
 
     from msa.experiment import train_run
-    from msa.settings import train_config
 
     def objective(trial):
         if over_budget(study, trial, n_trials):
@@ -174,10 +171,10 @@ def make_objective(study, base: dict, fs, data, seeds: list[int], runs_dir: Path
         s = suggest(trial, base, search_fusion)
         scores = []
         for step, seed in enumerate(seeds):
-            res = train_run(runs_dir / f"trial{trial.number}-s{seed}", fs, data, fusion=s["feature_fusion"],
-                            loss=s["loss_type"], train_cfg=train_config(s, seed), hidden=int(s["hidden"]),
-                            dropout=float(s["dropout"]), args_record={"trial": trial.number, "settings": s},
-                            progress=False, light=True)
+            res = train_run(runs_dir / f"trial{trial.number}-s{seed}", fs, data, fusion=s.feature_fusion,
+                            loss=s.loss_type, train_cfg=s.train_config(seed), hidden=int(s.hidden),
+                            dropout=float(s.dropout), args_record={"trial": trial.number, "settings": s.to_dict()},
+                            progress=False, light=True, settings=s)
             scores.append(res["metrics"]["weighted_f1"])
             trial.report(sum(scores) / len(scores), step)
             if step < len(seeds) - 1 and trial.should_prune():
@@ -188,7 +185,7 @@ def make_objective(study, base: dict, fs, data, seeds: list[int], runs_dir: Path
     return objective
 
 
-def worker(args, base: dict, storage_url: str, n_trials: int, worker_id: int = 0) -> None:
+def worker(args, base: Settings, storage_url: str, n_trials: int, worker_id: int = 0) -> None:
     """Run trials of the shared study until it has ``n_trials`` finished trials (or the timeout passes)."""
     import optuna
     import torch
@@ -202,11 +199,11 @@ def worker(args, base: dict, storage_url: str, n_trials: int, worker_id: int = 0
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # an over-budget trial is an expected FAIL
     seeds = parse_seeds(args.seeds)
     data = load_labelled(cli.work_dir(args), args.split)
-    tb, ib = load_backbones(base["text_backbone"], base["image_backbone"], base["text_pooling"])
-    fusions = list(FUSIONS) if args.search_fusion else [base["feature_fusion"]]
+    tb, ib = load_backbones(base.text_backbone, base.image_backbone, base.text_pooling)
+    fusions = list(FUSIONS) if args.search_fusion else [base.feature_fusion]
     tokens = sorted({m for f in fusions for m in token_modalities(f)})
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
-                           side=base["side_features"])
+                           side=base.side_features)
     study = optuna.load_study(study_name=args.study_name, storage=storage_url,
                               sampler=optuna.samplers.TPESampler(seed=args.sampler_seed + worker_id))
     objective = make_objective(study, base, fs, data, seeds, args.results_dir / "search_runs", n_trials,
@@ -219,24 +216,22 @@ def worker(args, base: dict, storage_url: str, n_trials: int, worker_id: int = 0
             break
 
 
-def _worker_entry(args, base, storage_url, n_trials, worker_id):
-    cli.setup_logging(False)
-    logging.getLogger("msa").setLevel(logging.WARNING)
-    worker(args, base, storage_url, n_trials, worker_id)
+def _worker_job(shared: dict, worker_id: int) -> None:
+    """One Optuna worker process (:func:`msa.workers.run_jobs`); its log is the caller's."""
+    if not shared["inline"]:
+        cli.setup_logging(False)
+        logging.getLogger("msa").setLevel(logging.WARNING)
+    worker(shared["args"], shared["base"], shared["storage_url"], shared["n_trials"], worker_id)
 
 
-def run_workers(args, base: dict, storage_url: str, done: int) -> None:
+def run_workers(args, base: Settings, storage_url: str, done: int) -> None:
     """--jobs local worker processes on the study (one: in this process, and only if trials are missing)."""
-    if args.jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
+    from msa.workers import run_jobs
 
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_worker_entry, args, base, storage_url, args.n_trials, i) for i in range(args.jobs)]
-            for f in futures:
-                f.result()
-    elif done < args.n_trials:
-        worker(args, base, storage_url, args.n_trials)
+    if args.jobs > 1 or done < args.n_trials:
+        run_jobs(_worker_job, list(range(args.jobs)), {"args": args, "base": base, "storage_url": storage_url,
+                                                       "n_trials": args.n_trials},
+                 n_jobs=args.jobs, threads=1, desc=None)
 
 
 def open_study(storage_url: str, name: str, pruner, attempts: int = 6):
@@ -259,22 +254,20 @@ def open_study(storage_url: str, name: str, pruner, attempts: int = 6):
     raise cli.UserError(f"cannot open Optuna storage {storage_url}: {str(last).splitlines()[0]}")
 
 
-def searched_config(study, base: dict, start: dict | None, args, storage_url: str) -> tuple[dict, list, list]:
+def searched_config(study, base: Settings, start: dict | None, args, storage_url: str) -> tuple[dict, list, list]:
     """best_config.json updated with the study's best trial, and the study's finished and complete trials."""
-    from msa.settings import HYPERPARAMETERS
-
     finished = [t for t in study.trials if t.state.name in FINISHED and not t.user_attrs.get("over_budget")]
     complete = [t for t in finished if t.state.name == "COMPLETE"]
     if not complete:
         raise cli.UserError(f"study {args.study_name} has no complete trial yet")
     best = study.best_trial
-    settings = {**base, **best.params}
-    out = dict(start or {"settings": base})
+    settings = base.replace(**best.params)
+    out = dict(start or {"settings": base.to_dict()})
     out.update({
         "source": f"phase2/search_hyperparam.py (Optuna study {args.study_name!r} in {storage_url}, "
                   f"trial {best.number} of {len(finished)})",
         "selected_by": f"mean validation weighted F1 over seeds {args.seeds} on split {args.split}",
-        "settings": settings, "hyperparameters": {k: settings[k] for k in HYPERPARAMETERS},
+        "settings": settings.to_dict(), "hyperparameters": settings.hyperparameters,
         "hyperparameter_search": {"study": args.study_name, "storage": storage_url, "best_trial": best.number,
                                   "best_value": best.value, "finished_trials": len(finished),
                                   "pruned_trials": len(finished) - len(complete), "params": best.params},

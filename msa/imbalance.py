@@ -1,20 +1,24 @@
 """The class-imbalance stage (phase 3): where it starts (phase 2's best_config.json), the loss x sampler x seed
 grid, the summary table, each loss against cross-entropy with its standard error, the selection of the best run
-(copied to best/, named by best.json) and the data of its figures. ``phase3/run_phase3.py`` is the front end
-(flags, the up-to-date check, writing the files and figures).
+(copied to best/, named by best.json), its figures, and :func:`run`, the whole phase on the parsed flags.
+``phase3/run_phase3.py`` is the front end (the parser, the up-to-date check, printing).
 
+* :func:`add_loss_args`: the flags of the losses' constants;
 * :func:`load_start_config`, :func:`warn_if_other_split`, :func:`loss_keywords`, :func:`check_losses`: the starting
   configuration and the losses;
 * :func:`grid_features`, :func:`grid_specs`, :func:`runs_frame`: the features, the runs and their table;
 * :func:`summarise`, :func:`compare_with_ce`, :func:`select_best`, :func:`header`, :func:`markdown`,
   :func:`summary_json`: what is written;
-* :func:`figure_data`: pooled validation predictions for the reliability diagrams and confusion matrices.
+* :func:`figure_data`, :func:`write_figures`: pooled validation predictions, the reliability diagrams and
+  confusion matrices.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import time
 from pathlib import Path
 
 from msa import cli
@@ -26,6 +30,96 @@ TABLE_METRICS = (("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("mac
                  ("f1_neutral", "neutral F1"), ("ece", "ECE"))
 SELECT_METRICS = ("weighted_f1", "macro_f1", "f1_neutral", "accuracy")
 DEFAULT_SAMPLERS = "none,balanced"
+#: weighted_ce's class weights (``--wce-weights``)
+WCE_WEIGHTS = ("inverse", "effective_number")
+#: focal's class weights (``--focal-alpha``)
+FOCAL_ALPHAS = ("none", "counts")
+#: the count-based weights ACB may multiply its class weight by (``--acb-class-balance``)
+ACB_CLASS_BALANCES = ("none", *WCE_WEIGHTS)
+
+
+# ----------------------------------------------------------------------------------------------- flags
+def loss_default(loss: str, keyword: str):
+    """A loss constructor's own default, so that --help and the flags follow msa/losses.py."""
+    from msa.losses import LOSSES
+
+    return inspect.signature(LOSSES[loss]).parameters[keyword].default
+
+
+def add_loss_args(p) -> None:
+    """The constants of weighted_ce, focal and acb (their defaults are the loss constructors' own)."""
+    _default = loss_default
+    w = p.add_argument_group("weighted_ce and class weights")
+    w.add_argument("--wce-weights", default=_default("weighted_ce", "weights"), choices=list(WCE_WEIGHTS),
+                   help="weighted_ce class weights: inverse frequency (1/n_c)^weight_power, or Cui et al.'s "
+                        "effective number (1 - cb_beta) / (1 - cb_beta^n_c); both normalised to mean 1")
+    w.add_argument("--weight-power", type=cli.non_negative_float, default=_default("weighted_ce", "weight_power"),
+                   help="exponent of inverse-frequency weights (weighted_ce, focal --focal-alpha counts, acb "
+                        "--acb-class-balance inverse); 0.5 = square root")
+    w.add_argument("--cb-beta", type=float, default=_default("weighted_ce", "cb_beta"),
+                   help="beta of effective-number weights (weighted_ce, acb --acb-class-balance effective_number)")
+    f = p.add_argument_group("focal")
+    f.add_argument("--focal-gamma", type=cli.non_negative_float, default=_default("focal", "gamma"),
+                   help="focusing exponent gamma of (1 - p_t)^gamma")
+    f.add_argument("--focal-alpha", default="none", choices=list(FOCAL_ALPHAS),
+                   help="focal class weights: none, or inverse-frequency weights from the training counts")
+    a = p.add_argument_group("acb (adaptive class-balanced loss, docs/phase3.md)",
+                             "  L = alpha * mean(w_c (1 - p_t)^g_c CE) + beta * mean(exp(-k (p1 - p2)))\n"
+                             "  w_c = 1 + a log(1 + d_c),  g_c = b + c log(1 + d_c),\n"
+                             "  d_c = running mean of 1 - p_t over class c, p1 >= p2 the top two probabilities")
+    a.add_argument("--acb-a", type=float, default=_default("acb", "a"), help="a of the class weight w_c")
+    a.add_argument("--acb-b", type=float, default=_default("acb", "b"), help="b, the base focal exponent of g_c")
+    a.add_argument("--acb-c", type=float, default=_default("acb", "c"), help="c, the adaptive part of g_c")
+    a.add_argument("--acb-k", type=float, default=_default("acb", "k"), help="k of the boundary term")
+    a.add_argument("--acb-alpha", type=float, default=_default("acb", "alpha"), help="weight of the focal term")
+    a.add_argument("--acb-beta", type=float, default=_default("acb", "beta"),
+                   help="weight of the boundary term (0 = none)")
+    a.add_argument("--acb-momentum", type=cli.fraction, default=_default("acb", "momentum"),
+                   help="momentum of the running difficulty d_c (0 = the per-batch statistic of the report)")
+    a.add_argument("--acb-class-balance", default="none", choices=list(ACB_CLASS_BALANCES),
+                   help="also multiply w_c by count-based weights (--weight-power / --cb-beta)")
+
+
+# ----------------------------------------------------------------------------------------------- the phase
+def run(args, losses: list[str], samplers: list[str], seeds: list[int], t0: float) -> tuple[str, dict]:
+    """Phase 3 on the parsed flags of ``phase3/run_phase3.py``: the grid's runs, runs.csv, the summary files,
+    best/ + best.json and the figures. Returns ``(summary.md text, best.json record)``."""
+    from msa.experiment import load_labelled, run_grid
+    from msa.io import write_csv, write_json, write_text
+    from msa.records import write_best
+    from msa.settings import resolve
+
+    base, start = load_start_config(args.best_config)
+    s = resolve(args, base=base)
+    data = load_labelled(cli.work_dir(args), args.split)
+    warn_if_other_split(start, data)
+    kws = loss_keywords(args)
+    check_losses(losses, kws, data)
+    log.info("starting configuration: %s; fusion %s; %d loss(es) x %d sampler(s) x %d seed(s)",
+             start["source"], s["feature_fusion"], len(losses), len(samplers), len(seeds))
+
+    fs = grid_features(s, data, Path(args.data_root) / "data", args.cache_dir, args.feature_batch_size)
+    record = cli.args_record(args) | {"resolved": s, "started_from": start}
+    methods = [(loss, sampler) for loss in losses for sampler in samplers]
+    specs = grid_specs(s, methods, seeds, kws, args.results_dir / "runs", args.mixed_precision, args.resume)
+    results = run_grid(specs, fs, data, jobs=args.jobs, record=record, desc="phase 3 loss x sampler x seed")
+    grid_seconds = time.time() - t0
+
+    runs = runs_frame(specs, results)
+    write_csv(args.results_dir / "runs.csv", runs)
+    table = summarise(runs, methods)
+    write_csv(args.results_dir / "summary.csv", table.reset_index())
+    ctx = {"settings": s, "loss_kw": kws, "data": data, "start": start, "seeds": seeds, "n_methods": len(methods)}
+    best = select_best(runs, table, args.select_metric, args.results_dir, ctx)
+    write_best(args.results_dir, best)
+    comparisons = compare_with_ce(runs, table)
+    md = markdown(table, comparisons, start, s, best, header(data, seeds, len(specs), grid_seconds),
+                  args.select_metric)
+    write_text(args.results_dir / "summary.md", md)
+    write_json(args.results_dir / "summary.json",
+               summary_json(table, comparisons, best, ctx, losses, args.select_metric, grid_seconds))
+    write_figures(table, methods, specs, len(seeds), len(samplers), args)
+    return md, best
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -156,29 +250,21 @@ def compare_with_ce(runs, table, metric: str = "f1_neutral") -> list[dict]:
     return out
 
 
-def select_best(runs, table, metric: str, results_dir: Path, ctx: dict) -> dict:
+def select_best(runs, table, metric: str, results_dir: Path, ctx: dict):
     """The best loss x sampler by its mean ``metric``, then its best seed, copied to ``results_dir``/best (phase 4
-    starts from that checkpoint); returns best.json. ``ctx``: settings, loss_kw, data, start, seeds, n_methods."""
-    from msa.checkpoint import copy_run_dir
+    starts from that checkpoint); returns the best.json record (:class:`msa.records.BestRecord`). ``ctx``:
+    settings, loss_kw, data, start, seeds, n_methods."""
+    from msa.records import select_best as best_of
 
-    s, kws, data = ctx["settings"], ctx["loss_kw"], ctx["data"]
-    best_method = str(table[f"{metric}_mean"].idxmax())
-    cand = runs[(runs["loss"] == table.loc[best_method, "loss"]) & (runs["sampler"] == table.loc[best_method,
-                                                                                                  "sampler"])]
-    best_row = cand.loc[cand[metric].idxmax()]
-    best_dir = copy_run_dir(Path(best_row["run_dir"]), results_dir / "best")
-    return {"method": best_method, "loss": str(best_row["loss"]), "sampler": str(best_row["sampler"]),
-            "seed": int(best_row["seed"]), "select_metric": metric, "value": float(best_row[metric]),
-            "selected_by": f"best mean validation {metric} over seeds {ctx['seeds']} among {ctx['n_methods']} loss "
-                           f"x sampler combinations, then the best seed", "run_dir": str(best_row["run_dir"]),
-            "copied_to": str(best_dir), "checkpoint": str(best_dir / "checkpoint"),
-            "metrics": {k: float(best_row[k]) for k in METRICS},
-            "method_mean": {k: {"mean": float(table.loc[best_method, f"{k}_mean"]),
-                                "std": float(table.loc[best_method, f"{k}_std"])} for k in METRICS},
-            "loss_kw": kws[str(best_row["loss"])], "settings": {**s, "loss_type": str(best_row["loss"]),
-                                                                 "sampler": str(best_row["sampler"])},
-            "split": data.split.name, "split_sha256": data.split.sha256, "started_from": ctx["start"],
-            "seeds": ctx["seeds"], "seed_runs": [str(p) for p in cand["run_dir"]]}
+    s, kws = ctx["settings"], ctx["loss_kw"]
+    method = str(table[f"{metric}_mean"].idxmax())
+    loss, sampler = str(table.loc[method, "loss"]), str(table.loc[method, "sampler"])
+    cand = runs[(runs["loss"] == loss) & (runs["sampler"] == sampler)]
+    return best_of(method, cand, table, metric, results_dir, METRICS,
+                   selected_by=f"best mean validation {metric} over seeds {ctx['seeds']} among {ctx['n_methods']} "
+                               "loss x sampler combinations, then the best seed",
+                   settings=s.replace(loss_type=loss, sampler=sampler), loss_kw=kws[loss], data=ctx["data"],
+                   seeds=ctx["seeds"], extra={"loss": loss, "sampler": sampler, "started_from": ctx["start"]})
 
 
 def _table_lines(table, best: dict) -> list[str]:
@@ -262,3 +348,18 @@ def figure_data(table, methods: list[tuple[str, str]], specs: list) -> tuple[dic
         np.add.at(cm, (y, proba.argmax(1)), 1)
         matrices[f"{name}\nneutral F1 {pm(table.loc[method], 'f1_neutral')}"] = cm
     return panels, matrices
+
+
+def write_figures(table, methods: list[tuple[str, str]], specs: list, n_seeds: int, n_samplers: int, args) -> None:
+    """phase3/figures/losses.png (bars), reliability.png (seeds pooled), confusion.png (seeds summed)."""
+    from msa.data import LABELS
+    from msa.plots import confusion_grid, metric_panels, reliability_diagrams
+
+    metric_panels(table, "loss", "sampler", [("weighted_f1", "weighted F1"), ("f1_neutral", "neutral F1")],
+                  args.figures_dir / "losses.png", title=f"Phase 3: losses and samplers on the validation split "
+                  f"(mean ± std over {n_seeds} seed(s))", ylim=(0, 1))
+    panels, matrices = figure_data(table, methods, specs)
+    reliability_diagrams(panels, args.figures_dir / "reliability.png", n_bins=args.reliability_bins,
+                         ncols=n_samplers, title=f"Reliability on the validation split ({n_seeds} seed(s) pooled)")
+    confusion_grid(matrices, LABELS, args.figures_dir / "confusion.png", ncols=n_samplers,
+                   title=f"Validation confusion matrices, {n_seeds} seed(s) summed (row % = recall)")

@@ -146,8 +146,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def _json_default(obj):
+    """Typed records (settings, hand-off records) as their ``to_dict()``; anything else (paths) as text."""
+    to_dict = getattr(obj, "to_dict", None)
+    return to_dict() if callable(to_dict) else str(obj)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
 
 
 def write_csv(path: str | os.PathLike, frame) -> Path:

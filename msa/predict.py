@@ -1,7 +1,8 @@
 """Inference with trained models: which model is the default, loading a checkpoint or an ensemble with every member
 checked, rebuilding the backbones it was trained on, the (test-time augmented, ensembled) probabilities of posts, and
-the provenance record of a prediction file. ``phase4/predict_test.py`` is the command-line front end; phases 4 and 5
-use :func:`backbones_for` and :func:`default_checkpoint`.
+the probabilities of one post given as files (:func:`predict_post`) and the provenance record of a prediction file.
+``phase4/predict_test.py`` is the command-line front end; phases 4 and 5 use :func:`backbones_for` and
+:func:`default_checkpoint`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,49 @@ def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Pa
                                     range(len(guids)), config.get("token_modalities", []))
                        for model, config in members]
     return apply_bias(np.mean(probas, axis=0), bias), views
+
+
+def predict_post(ckpt: Path, image: Path | None, text: str | None, text_file: Path | None, cache_dir: Path,
+                 batch_size: int):
+    """predict_test's one-post mode (``--image`` and/or ``--text`` / ``--text-file``): the post is written to a
+    temporary data folder so that it is read and preprocessed exactly as a dataset post. Returns ``(probabilities
+    (3,), warnings)``; a missing or unreadable file is a :class:`UserError` naming its flag."""
+    import tempfile
+
+    from msa.data import IMAGE_EXTENSIONS, MAX_IMAGE_BYTES, MAX_TEXT_BYTES, load_image, read_capped, read_text
+
+    for flag, path in (("--image", image), ("--text-file", text_file)):
+        if path is not None and not path.is_file():
+            raise UserError(f"{flag} {path}: no such file" if not path.exists() else
+                            f"{flag} {path}: not a regular file")
+    members, bias, views = load_members(ckpt)
+    warnings = []
+    with tempfile.TemporaryDirectory(prefix="msa-post-") as tmp:
+        data = Path(tmp)
+        if image is not None:
+            # the reader finds images by extension and decodes them by content: an unknown extension (.tiff, .jfif)
+            # is read as what it really is
+            ext = image.suffix.lower() if image.suffix.lower() in IMAGE_EXTENSIONS else ".jpg"
+            try:
+                (data / f"post{ext}").write_bytes(read_capped(image, MAX_IMAGE_BYTES)[0])
+            except OSError as exc:
+                raise UserError(f"--image {image}: {getattr(exc, 'detail', None) or exc}") from None
+            img = load_image(data, "post")
+            if not img.ok:
+                warnings.append(f"--image {image} cannot be used ({img.status}: {img.detail}); predicted "
+                                "without it (a grey placeholder, as for a dataset post with a broken image)")
+        if text_file is not None:
+            try:
+                (data / "post.txt").write_bytes(read_capped(text_file, MAX_TEXT_BYTES, cut=True)[0])
+            except OSError as exc:
+                raise UserError(f"--text-file {text_file}: {getattr(exc, 'detail', None) or exc}") from None
+        else:
+            (data / "post.txt").write_text(text or "", encoding="utf-8")
+        if read_text(data, "post").truncated:
+            warnings.append(f"the text was cut to its first {MAX_TEXT_BYTES:,} bytes")
+        proba = member_proba(members, views, bias, ["post"], data, cache_dir, batch_size,
+                             progress=False, check_files=False)[0][0]
+    return proba, warnings
 
 
 def default_model() -> Path:

@@ -1,13 +1,14 @@
 """The final recipe as a stage: cross-validation of one configuration on phase 0's folds with inner validation,
 the variants of its contribution table, the held-out evaluation of every row, the summary table, the fold x seed
-ensemble that predict_test uses, and where the errors are. ``final/run_final.py`` is the front end (flags, stamp,
-figures); docs/final.md explains the protocol.
+ensemble that predict_test uses, where the errors are and the figures; :func:`run` is the whole recipe on the parsed
+flags. ``final/run_final.py`` is the front end (flags, stamp, printing); docs/final.md explains the protocol.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from msa import cli
@@ -25,6 +26,88 @@ VARIANTS = {
 #: the side-feature row of --ablation: ``side`` adds --ablation-side to a recipe without side features,
 #: ``no_side`` drops a recipe's own side features
 SIDE_VARIANTS = ("side", "no_side")
+#: the decision rules (``--decision``) and what the bias offsets maximise (``--bias-metric``)
+DECISIONS = ("bias", "argmax")
+BIAS_METRICS = ("weighted_f1", "macro_f1", "accuracy")
+#: the contribution figure's short row names
+SHORT = {"final": "final recipe", "final-rule": "− decision rule", "final+rule": "+ decision rule",
+         "final-ensemble": "− seed ensemble", "final-tta": "− TTA", "final+tta": "+ TTA",
+         "final-single": "single model", "loss_ce": "CE loss", "loss_weighted_ce": "weighted CE",
+         "fusion_concat": "concat fusion", "fusion_cross_attention": "cross-attention",
+         "side": "+ side features", "no_side": "− side features"}
+
+
+# ------------------------------------------------------------------------------------------- the recipe
+def fold_names(args) -> list[str]:
+    """Phase 0's split names of ``--folds`` (``cv<K>-0`` ..), each checked to exist (and ``--folds`` and
+    ``--inner-val`` to be in range) before anything runs."""
+    from msa.splits import split_path
+
+    if args.folds < 2 or not 0.0 < args.inner_val < 0.5:
+        raise cli.UserError("--folds must be >= 2, --inner-val in (0, 0.5)")
+    work = cli.work_dir(args)
+    names = [f"cv{args.folds}-{k}" for k in range(args.folds)]
+    missing = [n for n in names if not split_path(work, n).is_file()]
+    if missing:
+        raise cli.UserError(f"split(s) {', '.join(missing)} not found in {work / 'splits'}: run phase 0 with "
+                            f"--folds {args.folds} (python phase0/data_cleaner.py --data-root DATA --folds "
+                            f"{args.folds} --force)")
+    return names
+
+
+def input_files(args, names: list[str], side_specs: set[str]) -> list[Path]:
+    """What the recipe reads (for the stamp): phase 0's outputs and folds, the preset, the side features' CSVs."""
+    from msa import side as side_mod
+    from msa.splits import split_path
+
+    work = cli.work_dir(args)
+    return [work / "phase0_manifest.json", work / "train_cleaned.txt", *(split_path(work, n) for n in names),
+            Path(args.preset), *(f for spec in sorted(side_specs) for f in side_mod.csv_files(spec))]
+
+
+def run(args, s, variants: dict, side_specs: set[str], names: list[str], seeds: list[int],
+        t0: float) -> tuple[str, Path, list, int]:
+    """The recipe on the parsed flags of ``final/run_final.py``: the folds, every variant's runs, the tables,
+    best/ (the ensemble), the figures and the errors. Returns ``(summary.md text, best/, the offsets, folds)``."""
+    from msa.io import write_csv, write_json, write_text
+
+    folds = make_folds(cli.work_dir(args), names, args.inner_val)
+    guids = folds[0]["data"].guids
+    views, view = feature_views(s, variants, guids, args)
+    results, trained = run_variants(variants, s, views, side_specs, folds, seeds, args,
+                                    cli.args_record(args) | {"resolved": s})
+    frame = write_fold_tables(results, args.results_dir)
+    table = contribution_table(frame, row_descriptions(s, seeds, args, variants, view))
+    write_csv(args.results_dir / "summary.csv", table.reset_index())
+    best_dir, bias, fin = save_final_ensemble(results, trained, folds, seeds, table, s, names, args,
+                                              has_view=len(views) > 1)
+    md = markdown(table, s, seeds, args, len(guids), bias, time.time() - t0)
+    write_text(args.results_dir / "summary.md", md)
+    write_json(args.results_dir / "summary.json", {"table": table.reset_index().to_dict(orient="records"),
+                                                   "recipe": s, "seeds": seeds, "folds": names, "bias": bias,
+                                                   "inner_val": args.inner_val, "decision": args.decision,
+                                                   "seconds": round(time.time() - t0, 1)})
+    write_figures(table, fin, args)
+    write_errors(fin, Path(args.data_root) / "data", args)
+    return md, best_dir, bias, len(folds)
+
+
+def write_figures(table, fin: list[dict], args) -> None:
+    """final/figures/contributions.png (each row's weighted and neutral F1) and confusion.png (held-out, folds
+    summed)."""
+    import numpy as np
+
+    from msa.data import LABELS
+    from msa.plots import confusion_grid, grouped_bars
+
+    grouped_bars(table[[c for c in table.columns if c.endswith(("_mean", "_std"))]].rename(index=SHORT),
+                 [("weighted_f1", "weighted F1"), ("f1_neutral", "neutral F1")],
+                 args.figures_dir / "contributions.png", ylim=(0, 1),
+                 title=f"Final recipe and its ablations: {args.folds}-fold CV, mean ± std over folds")
+    confusion_grid({f"final recipe, {args.folds} folds summed\nneutral F1 "
+                    f"{table.loc['final', 'f1_neutral_mean']:.3f}": sum(np.asarray(r["confusion_matrix"])
+                                                                          for r in fin)},
+                   LABELS, args.figures_dir / "confusion.png", ncols=1, title="Held-out predictions (CV)")
 
 
 def loss_keywords(loss: str, args) -> dict:
@@ -191,7 +274,7 @@ def choose_variants(s: dict, args) -> dict:
         raise cli.UserError("--variants needs --ablation")
     grouped = [m for m in ("text_backbone", "image_backbone") if GROUP_SEP in str(s.get(m) or "")]
     for name in [v for v in variants if v != "final"]:
-        vs = s | variants[name][0]
+        vs = s.replace(**variants[name][0])
         if grouped and token_modalities(vs["feature_fusion"]):
             log.warning("variant %s skipped: fusion %s attends over token sequences, which a backbone group (%s) "
                         "does not have", name, vs["feature_fusion"], ", ".join(str(s[m]) for m in grouped))
@@ -230,7 +313,7 @@ def feature_views(s: dict, variants: dict, guids: list[str], args) -> tuple[dict
     from msa.experiment import labelled_features, load_backbones, token_modalities
     from msa.features import extract_features, with_image_view
 
-    fusions = {(s | ov).get("feature_fusion", s["feature_fusion"]) for ov, _ in variants.values()}
+    fusions = {s.replace(**ov).feature_fusion for ov, _ in variants.values()}
     tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
     token_mods = sorted({m for f in fusions for m in token_modalities(f)})
     data_dir = Path(args.data_root) / "data"
@@ -256,7 +339,7 @@ def run_variants(variants: dict, s: dict, views: dict, side_specs: set[str], fol
              for spec in sorted(side_specs)}
     results, trained = [], {}
     for name, (override, _) in variants.items():
-        vs = {**s, **override}
+        vs = s.replace(**override)
         sm = sides[vs.get("side_features") or ""]
         vviews = {v: side_mod.attach(f, sm) for v, f in views.items()}
         trained[name] = train_variant(name, vs, loss_keywords(vs["loss_type"], args), vviews["image"], folds, seeds,

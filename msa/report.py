@@ -159,7 +159,8 @@ def provenance_lines(root: Path, out_dir: Path) -> list[str]:
     return lines
 
 
-def build(root: Path = REPO, out: Path = DEFAULT_OUT) -> Path:
+def build(root: Path = REPO, out: Path = DEFAULT_OUT, copy_figures: bool = False) -> Path:
+    """The report at ``out`` (and its HTML twin); ``copy_figures``: with copies of the figures next to it."""
     out = Path(out)
     out_dir = out.parent
     rows = evolution(root)
@@ -206,9 +207,34 @@ def build(root: Path = REPO, out: Path = DEFAULT_OUT) -> Path:
         for f in figures:
             if _rel(f, out_dir) not in linked:
                 lines += [f"![{f.stem.replace('_', ' ')}]({_rel(f, out_dir)})", ""]
-    md = write_text(out, "\n".join(lines).rstrip() + "\n")
+    text = "\n".join(lines).rstrip() + "\n"
+    if copy_figures:
+        text = _copy_figures(text, out_dir, Path(root))
+    md = write_text(out, text)
     write_html(md, out.with_suffix(".html"))
     return md
+
+
+def _copy_figures(text: str, out_dir: Path, root: Path) -> str:
+    """``text`` with every local figure copied under ``out_dir/figures/`` (named by its path in the repository)
+    and linked there, so that the report's folder is self-contained (``--copy-figures``, e.g. into docs/)."""
+    import shutil
+
+    from msa.io import atomic_path
+
+    def copy(m: re.Match) -> str:
+        src = (out_dir / m.group(2)).resolve()
+        if not src.is_file() or src.is_relative_to(out_dir.resolve()):
+            return m.group(0)
+        name = "-".join(src.relative_to(root.resolve()).parts if src.is_relative_to(root.resolve())
+                        else src.parts[-3:])
+        dest = out_dir / "figures" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
+        return f"![{m.group(1)}](figures/{name})"
+
+    return re.sub(r"!\[([^\]]*)\]\((?!https?:|/|data:)([^)]+\.png)\)", copy, text)
 
 
 HTML_STYLE = """
@@ -266,12 +292,15 @@ def build_parser() -> cli.ArgumentParser:
                                        "best.json files, figures and predict_test's provenance; computes nothing).")
     p.add_argument("--root", type=Path, default=REPO, help="repository root whose phase*/ folders are read")
     p.add_argument("--output", type=Path, default=DEFAULT_OUT, help="the report's path (its figure goes next to it)")
+    p.add_argument("--copy-figures", action="store_true",
+                   help="copy every figure the report shows into figures/ next to it, so that its folder stands "
+                        "alone (make docs-results: docs/results/REPORT.md)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    out = build(Path(args.root), Path(args.output))
+    out = build(Path(args.root), Path(args.output), copy_figures=args.copy_figures)
     print(f"report -> {out} and {out.with_suffix('.html')} (self-contained; open it in a browser)")
     return 0
 

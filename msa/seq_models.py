@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msa.fusions import FUSIONS, ConfigError, ModalitySpec, MultimodalClassifier
+from msa.loop import run_epochs, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -555,50 +556,58 @@ def fit_regression(model: SeqModel, train: SeqTensors, valid: SeqTensors, cfg: R
     steps = math.ceil(len(train) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, TrainConfig(warmup_ratio=cfg.warmup_ratio, scheduler=cfg.scheduler,
                                                       num_epochs=cfg.epochs), max(1, cfg.epochs * steps))
-    y_valid = valid.y.numpy().astype(np.float64)
-    best = {"loss": math.inf, "epoch": 0, "state": None}
-    history: list[dict] = []
-    stale, t_start = 0, time.time()
-    for epoch in range(1, cfg.epochs + 1):
+    task = _Regression(model, train, valid, cfg, loss_fn, optimizer, scheduler, gen, device)
+    t_start = time.time()
+    loop = run_epochs(task, cfg.epochs, cfg.patience, on_epoch=on_epoch)
+    if task.best_state is not None:
+        model.load_state_dict(task.best_state)
+    model.eval()
+    return {"history": loop.history, "best_epoch": loop.best_epoch, "best_val_loss": -loop.best_score,
+            "seconds": time.time() - t_start}
+
+
+class _Regression:
+    """:func:`fit_regression`'s adapter for :func:`msa.loop.run_epochs`: one epoch of the regressor, scored by
+    minus the validation loss of the final prediction; the best epoch's weights are kept."""
+
+    def __init__(self, model, train, valid, cfg, loss_fn, optimizer, scheduler, gen, device):
+        self.model, self.train, self.valid, self.cfg, self.loss_fn = model, train, valid, cfg, loss_fn
+        self.optimizer, self.scheduler, self.gen, self.device = optimizer, scheduler, gen, device
+        self.y_valid = valid.y.numpy().astype(np.float64)
+        self.best_state = None
+
+    def run_epoch(self, epoch: int) -> tuple[dict, float]:
+        model, cfg = self.model, self.cfg
         model.train()
         t0, seen, sums = time.time(), 0, {}
-        for idx in torch.randperm(len(train), generator=gen).split(cfg.batch_size):
-            batch = train.batch(idx, device)
+        for idx in torch.randperm(len(self.train), generator=self.gen).split(cfg.batch_size):
+            batch = self.train.batch(idx, self.device)
             out = model(batch["x"], batch["lengths"])
-            loss, parts = model.losses(out, batch, loss_fn, cfg.unimodal_labels)
-            optimizer.zero_grad(set_to_none=True)
+            loss, parts = model.losses(out, batch, self.loss_fn, cfg.unimodal_labels)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            self.optimizer.step()
+            self.scheduler.step()
             seen += len(idx)
             for k, v in {"train_loss": float(loss.detach()), **{f"train_{k}": v for k, v in parts.items()}}.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
-        pred = predict(model, valid, device).astype(np.float64)
-        err = pred - y_valid
+        pred = predict(model, self.valid, self.device).astype(np.float64)
+        err = pred - self.y_valid
         val_loss = float(np.mean(np.abs(err))) if cfg.loss == "l1" else float(np.mean(err ** 2))
-        corr = float(np.corrcoef(pred, y_valid)[0, 1]) if np.ptp(pred) > 0 and np.ptp(y_valid) > 0 else float("nan")
+        corr = (float(np.corrcoef(pred, self.y_valid)[0, 1]) if np.ptp(pred) > 0 and np.ptp(self.y_valid) > 0
+                else float("nan"))
         row = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}, "val_loss": val_loss,
-               "val_MAE": float(np.mean(np.abs(err))), "val_Corr": corr, "lr": scheduler.get_last_lr()[0],
+               "val_MAE": float(np.mean(np.abs(err))), "val_Corr": corr, "lr": self.scheduler.get_last_lr()[0],
                "seconds": round(time.time() - t0, 3)}
-        history.append(row)
         if not math.isfinite(row["train_loss"]):
             raise ConfigError(f"training diverged at epoch {epoch} (loss {row['train_loss']}): lower the learning "
                               "rate")
-        if val_loss < best["loss"] - 1e-6:
-            best.update(loss=val_loss, epoch=epoch,
-                        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            stale = 0
-        else:
-            stale += 1
-        if on_epoch is not None:
-            on_epoch(row)
-        if cfg.patience and stale >= cfg.patience:
-            log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
-            break
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
-    return {"history": history, "best_epoch": best["epoch"], "best_val_loss": best["loss"],
-            "seconds": time.time() - t_start}
+        return row, -val_loss
+
+    def keep(self, epoch: int, row: dict, score: float) -> None:
+        self.best_state = snapshot(self.model)
+
+    def end_epoch(self, epoch: int, row: dict, state) -> None:
+        pass

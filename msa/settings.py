@@ -1,25 +1,159 @@
-"""Model and training settings shared by the training phases: flags, presets, resolution order.
+"""Model and training settings shared by the training phases: typed, with their flags, presets and resolution order.
 
-Resolution: built-in defaults < a base (e.g. phase 2's ``best_config.json``) < ``--preset FILE`` < explicit flags.
+:class:`Settings` (= :class:`ModelSettings` + :class:`TrainSettings`) is the one settings object; the flags are
+generated from its fields (:mod:`msa.config`), with the choices read from the registries. Resolution: built-in
+defaults < a base (e.g. phase 2's ``best_config.json``) < ``--preset FILE`` < explicit flags. See docs/design.md,
+"Settings".
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from msa import cli
+from msa.config import add_options, check_mapping, option
+from msa.config import check_value as config_check_value
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "text_backbone": "minilm", "text_pooling": None, "image_backbone": "efficientnet_lite0",
-    "feature_fusion": "concat", "loss_type": "ce", "learning_rate": 1e-4, "weight_decay": 0.01, "dropout": 0.3,
-    "num_epochs": 30, "batch_size": 64, "hidden": 256, "warmup_ratio": 0.1, "scheduler": "cosine", "patience": 6,
-    "sampler": "none", "side_features": "",
-}
+#: Accelerate's mixed-precision modes (``--mixed-precision``)
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+#: where a model runs (``--device``): ``auto`` is cuda when available
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _fusions():
+    from msa.fusions import FUSIONS
+
+    return sorted(FUSIONS)
+
+
+def _losses():
+    from msa.losses import LOSSES
+
+    return sorted(LOSSES)
+
+
+def _poolings():
+    from msa.backbones import TEXT_POOLINGS
+
+    return TEXT_POOLINGS
+
+
+def _schedulers():
+    from msa.trainer import SCHEDULERS
+
+    return SCHEDULERS
+
+
+def _samplers():
+    from msa.trainer import SAMPLERS
+
+    return SAMPLERS
+
+
+def _side_help() -> str:
+    from msa.side import HELP
+
+    return (HELP + " (imputed, flagged and standardised with training-split statistics saved in the checkpoint; "
+            "default: none, or what phase 2's best_config.json chose)")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What the model is: backbones, fusion, loss, side features and head size."""
+
+    text_backbone: str = option("minilm", "text backbone: registry name or local Hugging Face folder")
+    text_pooling: str | None = option(None, "sentence vector of the text backbone", choices=_poolings)
+    image_backbone: str = option("efficientnet_lite0", "image backbone: registry name or local Hugging Face folder")
+    feature_fusion: str = option("concat", "fusion of the modality features", choices=_fusions)
+    loss_type: str = option("ce", "training loss", choices=_losses)
+    side_features: str = option("", _side_help, metavar="LIST")
+    hidden: int = option(256, "projection width per modality", type=cli.positive_int)
+    dropout: float = option(0.3, "dropout in projections and head", type=cli.fraction)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How the model is trained: optimiser, schedule, early stopping, sampling."""
+
+    learning_rate: float = option(1e-4, "AdamW learning rate", type=cli.positive_float)
+    weight_decay: float = option(0.01, "AdamW weight decay", type=cli.non_negative_float)
+    num_epochs: int = option(30, "maximum epochs", type=cli.positive_int)
+    batch_size: int = option(64, "batch size", type=cli.positive_int)
+    warmup_ratio: float = option(0.1, "share of steps with linear warm-up", type=cli.fraction)
+    scheduler: str = option("cosine", "learning-rate schedule after warm-up", choices=_schedulers)
+    patience: int = option(6, "stop after this many epochs without a better validation weighted F1 (0 = never)",
+                           type=cli.non_negative_int)
+    sampler: str = option("none", "training batches: as they come, or each class drawn equally often (phase 3's "
+                          "grid sets it)", choices=_samplers, flag="")
+
+
+@dataclass(frozen=True)
+class Settings(TrainSettings, ModelSettings, Mapping):
+    """The resolved model and training settings of a run: typed, validated, immutable.
+
+    Built by :func:`resolve` (defaults < a base < ``--preset`` < flags) or :meth:`from_dict` (a run's
+    ``config.json`` ``settings``, a ``best_config.json``); :meth:`replace` changes fields with the same checks.
+    It also reads as a mapping (``s["feature_fusion"]``, ``dict(s)``, ``{**s}``) for JSON records."""
+
+    # -- mapping view (JSON records, stamps, older call sites)
+    def __getitem__(self, key: str):
+        if key not in SETTING_NAMES:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(SETTING_NAMES)
+
+    def __len__(self) -> int:
+        return len(SETTING_NAMES)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in SETTING_NAMES}
+
+    # -- typed construction
+    @classmethod
+    def from_dict(cls, data, source: str = "settings", strict: bool = True) -> Settings:
+        """Defaults updated by the settings of the JSON object ``data`` (checked as their flags are; see
+        :func:`msa.config.check_mapping`). ``strict=False`` drops keys this version does not know."""
+        return cls(**_checked(data, source, strict=strict))
+
+    def replace(self, source: str = "settings", **changes) -> Settings:
+        """A copy with ``changes`` (checked as a preset's values are)."""
+        return dataclasses.replace(self, **_checked(changes, source, strict=True, aliases=False))
+
+    @property
+    def model(self) -> ModelSettings:
+        return ModelSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSettings)})
+
+    @property
+    def hyperparameters(self) -> dict:
+        return {k: getattr(self, k) for k in HYPERPARAMETERS}
+
+    def train_config(self, seed: int, mixed_precision: str = "no"):
+        """The trainer's :class:`msa.trainer.TrainConfig` for one seed."""
+        from msa.trainer import TrainConfig
+
+        return TrainConfig(learning_rate=float(self.learning_rate), weight_decay=float(self.weight_decay),
+                           num_epochs=int(self.num_epochs), batch_size=int(self.batch_size),
+                           warmup_ratio=float(self.warmup_ratio), scheduler=self.scheduler,
+                           patience=int(self.patience), seed=seed, mixed_precision=mixed_precision,
+                           sampler=self.sampler)
+
+
+#: every setting, in the order records list them
+SETTING_NAMES = ("text_backbone", "text_pooling", "image_backbone", "feature_fusion", "loss_type", "learning_rate",
+                 "weight_decay", "dropout", "num_epochs", "batch_size", "hidden", "warmup_ratio", "scheduler",
+                 "patience", "sampler", "side_features")
+assert set(SETTING_NAMES) == {f.name for f in dataclasses.fields(Settings)}
+#: the built-in defaults, as a plain dict
+DEFAULTS = Settings().to_dict()
 #: keys that describe the model and its training (what best_config.json carries between phases)
 HYPERPARAMETERS = ("feature_fusion", "learning_rate", "weight_decay", "dropout", "num_epochs", "batch_size",
                    "hidden", "warmup_ratio", "scheduler", "patience", "side_features")
@@ -29,58 +163,46 @@ _ALIASES = {"fusion": "feature_fusion", "loss": "loss_type"}
 PRESET_METADATA = ("name", "description")
 
 
-def add_model_args(p, fusion: bool = True, loss: bool = True) -> None:
-    from msa.fusions import FUSIONS
-    from msa.losses import LOSSES
+def _checked(data, source: str, strict: bool, aliases: bool = True) -> dict:
+    def warn(old, new):
+        log.warning("%s: %r is an old spelling of %r (accepted for now; please rename it)", source, old, new)
 
+    return check_mapping(Settings, data, source, aliases=_ALIASES if aliases else None, ignore=PRESET_METADATA,
+                         on_alias=warn, strict=strict)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a phase runs its trainings (not part of the model's settings)."""
+
+    seeds: str = option("42", "comma-separated seeds; one run per seed", group="training")
+    mixed_precision: str = option("no", "Accelerate mixed precision", choices=MIXED_PRECISIONS, group="training")
+
+
+def _default_note(name: str, default) -> str:
+    if name == "text_pooling":
+        return "(default: the backbone's own, mean for minilm)"
+    if name == "side_features":
+        return ""
+    return f"(default {default})"
+
+
+def add_model_args(p, fusion: bool = True, loss: bool = True) -> None:
+    """``--preset`` and the model flags (:class:`ModelSettings` and the model-shape fields of
+    :class:`TrainSettings`), each defaulting to ``None`` so that :func:`resolve` can layer them."""
     m = p.add_argument_group("model")
     m.add_argument("--preset", default=None,
                    help="JSON file of settings (e.g. configs/seed_bert_swinv2.json); explicit flags still win")
-    m.add_argument("--text-backbone", default=None,
-                   help="text backbone: registry name or local Hugging Face folder "
-                        f"(default {DEFAULTS['text_backbone']})")
-    m.add_argument("--text-pooling", default=None, choices=["mean", "cls", "pooler"],
-                   help="sentence vector of the text backbone (default: the backbone's own, mean for minilm)")
-    m.add_argument("--image-backbone", default=None,
-                   help="image backbone: registry name or local Hugging Face folder "
-                        f"(default {DEFAULTS['image_backbone']})")
-    if fusion:
-        m.add_argument("--feature-fusion", default=None, choices=sorted(FUSIONS),
-                       help=f"fusion of the modality features (default {DEFAULTS['feature_fusion']})")
-    if loss:
-        m.add_argument("--loss-type", default=None, choices=sorted(LOSSES), help="training loss (default ce)")
-    from msa.side import HELP as SIDE_HELP
-
-    m.add_argument("--side-features", default=None, metavar="LIST",
-                   help=SIDE_HELP + " (imputed, flagged and standardised with training-split statistics saved in the "
-                        "checkpoint; default: none, or what phase 2's best_config.json chose)")
-    m.add_argument("--hidden", type=cli.positive_int, default=None,
-                   help=f"projection width per modality (default {DEFAULTS['hidden']})")
-    m.add_argument("--dropout", type=cli.fraction, default=None,
-                   help=f"dropout in projections and head (default {DEFAULTS['dropout']})")
+    skip = [k for k, keep in (("feature_fusion", fusion), ("loss_type", loss)) if not keep]
+    add_options(p, ModelSettings, group="model", skip=skip, unset=True, default_note=_default_note)
 
 
 def add_training_args(p, seeds: str = "42", resume: bool = True) -> None:
-    t = p.add_argument_group("training")
-    t.add_argument("--learning-rate", type=cli.positive_float, default=None,
-                   help=f"AdamW learning rate (default {DEFAULTS['learning_rate']})")
-    t.add_argument("--weight-decay", type=cli.non_negative_float, default=None,
-                   help=f"AdamW weight decay (default {DEFAULTS['weight_decay']})")
-    t.add_argument("--num-epochs", type=cli.positive_int, default=None,
-                   help=f"maximum epochs (default {DEFAULTS['num_epochs']})")
-    t.add_argument("--batch-size", type=cli.positive_int, default=None,
-                   help=f"batch size (default {DEFAULTS['batch_size']})")
-    t.add_argument("--warmup-ratio", type=cli.fraction, default=None,
-                   help=f"share of steps with linear warm-up (default {DEFAULTS['warmup_ratio']})")
-    t.add_argument("--scheduler", default=None, choices=["cosine", "linear", "constant"],
-                   help="learning-rate schedule after warm-up (default cosine)")
-    t.add_argument("--patience", type=cli.non_negative_int, default=None,
-                   help="stop after this many epochs without a better validation weighted F1 "
-                        f"(default {DEFAULTS['patience']}; 0 = never)")
-    t.add_argument("--seeds", default=seeds, help="comma-separated seeds; one run per seed")
-    t.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="Accelerate mixed precision")
+    """The training flags (:class:`TrainSettings`, layered like the model flags) and :class:`RunOptions`."""
+    add_options(p, TrainSettings, group="training", unset=True, default_note=_default_note)
+    groups = add_options(p, RunOptions, defaults={"seeds": seeds})
     if resume:
-        add_resume_arg(t)
+        add_resume_arg(groups["training"])
 
 
 def add_resume_arg(group) -> None:
@@ -100,50 +222,22 @@ def read_json_file(path: str | Path, what: str) -> dict:
         raise cli.UserError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
-def resolve(args, base: dict | None = None) -> dict:
-    """Defaults < ``base`` < ``--preset`` < explicit flags."""
-    settings = dict(DEFAULTS)
-    layers = [base or {}]
-    if getattr(args, "preset", None):
-        layers.append(read_json_file(args.preset, "preset"))
-    sources = ["the settings it starts from"] + ([f"preset {args.preset}"] if getattr(args, "preset", None) else [])
-    for i, (layer, source) in enumerate(zip(layers, sources)):
-        if not isinstance(layer, dict):
-            raise cli.UserError(f"{source}: expected a JSON object of settings, got {type(layer).__name__}")
-        for k, v in layer.items():
-            if k in _ALIASES:
-                log.warning("%s: %r is an old spelling of %r (accepted for now; please rename it)", source, k,
-                            _ALIASES[k])
-                k = _ALIASES[k]
-            if k in settings:
-                settings[k] = check_value(k, v, source)
-            elif i > 0 and k not in PRESET_METADATA:  # a preset's typo must not be dropped silently
-                raise cli.UserError(f"{source}: unknown setting {k!r}; the settings are "
-                                    f"{', '.join(sorted(settings))} (and {', '.join(PRESET_METADATA)})")
-    for k in settings:
+def resolve(args, base: dict | None = None) -> Settings:
+    """Defaults < ``base`` < ``--preset`` < explicit flags, each layer checked (an unknown key of a preset, or a
+    value of the wrong type or range, is a :class:`msa.cli.UserError` naming the key and the file)."""
+    values = _checked(base or {}, "the settings it starts from", strict=False)
+    preset = getattr(args, "preset", None)
+    if preset:
+        values.update(_checked(read_json_file(preset, "preset"), f"preset {preset}", strict=True))
+    for k in SETTING_NAMES:
         if getattr(args, k, None) is not None:
-            settings[k] = getattr(args, k)
-    return settings
-
-
-#: the range of each numeric setting (the same checks as its flag)
-_VALUE_CHECKS = {"learning_rate": cli.positive_float, "weight_decay": cli.non_negative_float,
-                 "dropout": cli.fraction, "num_epochs": cli.positive_int, "batch_size": cli.positive_int,
-                 "hidden": cli.positive_int, "warmup_ratio": cli.fraction, "patience": cli.non_negative_int}
+            values[k] = getattr(args, k)
+    return Settings(**values)
 
 
 def check_value(key: str, value, source: str):
     """``value`` of setting ``key`` from a preset or a base file, checked as its flag would be."""
-    check = _VALUE_CHECKS.get(key)
-    if check is None or value is None:
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise cli.UserError(f"{source}: {key} must be a number, got {value!r}")
-    try:
-        return check(str(int(value)) if check in (cli.positive_int, cli.non_negative_int)
-                     and isinstance(value, float) and value.is_integer() else str(value))
-    except argparse.ArgumentTypeError as exc:
-        raise cli.UserError(f"{source}: {key} {exc}") from None
+    return config_check_value(Settings, key, value, source)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -156,11 +250,8 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def train_config(settings: dict, seed: int, mixed_precision: str = "no"):
-    from msa.trainer import TrainConfig
-
-    return TrainConfig(learning_rate=float(settings["learning_rate"]), weight_decay=float(settings["weight_decay"]),
-                       num_epochs=int(settings["num_epochs"]), batch_size=int(settings["batch_size"]),
-                       warmup_ratio=float(settings["warmup_ratio"]), scheduler=settings["scheduler"],
-                       patience=int(settings["patience"]), seed=seed, mixed_precision=mixed_precision,
-                       sampler=settings.get("sampler", "none"))
+def train_config(settings, seed: int, mixed_precision: str = "no"):
+    """The trainer's config of ``settings`` (a :class:`Settings` or a dict of settings) for one seed."""
+    if not isinstance(settings, Settings):
+        settings = Settings.from_dict(settings, strict=False)
+    return settings.train_config(seed, mixed_precision)

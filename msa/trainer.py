@@ -24,6 +24,7 @@ from tqdm import tqdm
 from msa.checkpoint import save_checkpoint
 from msa.features import FeatureSet
 from msa.io import write_csv
+from msa.loop import LoopState, run_epochs, snapshot
 from msa.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -260,8 +261,6 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
     """
     from accelerate import Accelerator
 
-    from msa.metrics import classification_metrics
-
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}")
     seed_everything(cfg.seed)
@@ -280,85 +279,21 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
     run_dir = Path(run_dir) if run_dir is not None else None
     y_val = val_ds.labels.numpy() if getattr(val_ds, "labels", None) is not None else None
 
-    history: list[dict] = []
-    best = {"score": -1.0, "epoch": -1, "state": None, "metrics": None, "proba": None, "index": None}
-    stale, first = 0, 1
+    # the best epoch's extras: validation metrics, probabilities and row order, and weights
+    best = {"state": None, "metrics": None, "proba": None, "index": None}
+    loop = LoopState(best_score=-1.0, best_epoch=-1)
     if run_dir is not None and acc.is_main_process:  # leftovers of a run killed while writing
         from msa.io import remove_stale_temps
 
         remove_stale_temps(run_dir, dir_prefixes=(".checkpoint.",))
     keep_state = run_dir is not None and checkpoint_config is not None and acc.is_main_process
-    state = load_resume_state(run_dir) if (resume and run_dir is not None) else None
-    if state is not None and state.get("config") == cfg.as_dict():
-        acc.unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        loss_fn.load_state_dict(state["loss"])
-        shuffle_gen.set_state(state["shuffle"])
-        _set_rng_state(state["rng"])
-        history, stale, first = list(state["history"]), int(state["stale"]), int(state["epoch"]) + 1
-        b = state["best"]
-        best.update(score=float(b["score"]), epoch=int(b["epoch"]), metrics=b["metrics"], state=b["state"],
-                    proba=b["proba"].numpy() if b["proba"] is not None else None,
-                    index=b["index"].numpy() if b["index"] is not None else None)
-        log.info("resuming %s after epoch %d (best epoch %d)", run_dir, state["epoch"], best["epoch"])
-    elif state is not None:
-        log.warning("%s holds the state of a run with other settings: training starts over", run_dir)
-    bar = tqdm(range(first, cfg.num_epochs + 1), desc="epochs", unit="epoch", disable=None if progress else True,
-               initial=first - 1, total=cfg.num_epochs)
-    for epoch in bar:
-        if cfg.patience and stale >= cfg.patience:  # a resumed run that had already stopped
-            break
-        model.train()
-        loss_fn.train()
-        t0, total_loss, seen = time.time(), 0.0, 0
-        for batch in train_loader:
-            optimizer.zero_grad(set_to_none=True)
-            with acc.autocast():
-                loss = loss_fn(_forward(model, batch), batch["label"])
-            acc.backward(loss)
-            if cfg.grad_clip:
-                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total_loss += float(loss.detach()) * len(batch["label"])
-            seen += len(batch["label"])
-        loss_fn.eval()
-        proba, index = predict_proba(model, val_loader, acc)
-        order = np.argsort(index)
-        proba, index = proba[order], index[order]
-        row = {"epoch": epoch, "train_loss": total_loss / max(1, seen), "lr": scheduler.get_last_lr()[0],
-               "seconds": round(time.time() - t0, 3)}
-        if y_val is not None and len(proba):
-            with torch.no_grad():
-                val_loss = float(loss_fn(torch.log(torch.from_numpy(proba).clamp_min(1e-12)).to(acc.device),
-                                         torch.from_numpy(y_val).to(acc.device)))
-            m = classification_metrics(y_val, proba.argmax(1), proba, labels=tuple(labels))
-            row.update(val_loss=val_loss, **{k: v for k, v in m.items() if isinstance(v, (int, float))})
-            score = m["weighted_f1"]
-        else:
-            m, score = {}, -row["train_loss"]
-        history.append(row)
-        if run_dir is not None and acc.is_main_process:
-            write_csv(run_dir / "history.csv", pd.DataFrame(history))
-        if score > best["score"] + 1e-6:
-            stale = 0
-            unwrapped = acc.unwrap_model(model)
-            best.update(score=score, epoch=epoch, metrics=m, proba=proba, index=index,
-                        state={k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()})
-            if run_dir is not None and checkpoint_config is not None and acc.is_main_process:
-                save_checkpoint(run_dir / "checkpoint", unwrapped, checkpoint_config, loss_fn=loss_fn)
-        else:
-            stale += 1
-        if keep_state:
-            _save_resume_state(run_dir, cfg, epoch, acc.unwrap_model(model), optimizer, scheduler, loss_fn,
-                               shuffle_gen, history, stale, best)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", wf1=f"{row.get('weighted_f1', float('nan')):.3f}")
-        if on_epoch is not None:
-            on_epoch(row)
-        if cfg.patience and stale >= cfg.patience:
-            log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
-            break
+    if resume and run_dir is not None:
+        loop = _resume(run_dir, cfg, acc.unwrap_model(model), optimizer, scheduler, loss_fn, shuffle_gen, best) or loop
+    bar = tqdm(total=cfg.num_epochs, desc="epochs", unit="epoch", disable=None if progress else True,
+               initial=loop.next_epoch - 1)
+    task = _Classification(acc, model, loss_fn, optimizer, scheduler, train_loader, val_loader, y_val, labels, cfg,
+                           run_dir, checkpoint_config, keep_state, shuffle_gen, best, bar)
+    loop = run_epochs(task, cfg.num_epochs, cfg.patience, state=loop, on_epoch=on_epoch)
     bar.close()
     if keep_state:
         (run_dir / RESUME_FILE).unlink(missing_ok=True)
@@ -366,18 +301,103 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
-    return {"history": history, "best_epoch": best["epoch"], "best_metrics": best["metrics"],
+    return {"history": loop.history, "best_epoch": loop.best_epoch, "best_metrics": best["metrics"],
             "val_proba": best["proba"], "val_index": best["index"], "model": model}
 
 
+def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer, scheduler, loss_fn, shuffle_gen,
+            best: dict) -> LoopState | None:
+    """Restore the last epoch's training state from ``run_dir`` (weights, optimiser, schedule, loss state, RNG and
+    shuffling, the best epoch's extras into ``best``); the loop state to continue from, or None to start over."""
+    state = load_resume_state(run_dir)
+    if state is None:
+        return None
+    if state.get("config") != cfg.as_dict():
+        log.warning("%s holds the state of a run with other settings: training starts over", run_dir)
+        return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    loss_fn.load_state_dict(state["loss"])
+    shuffle_gen.set_state(state["shuffle"])
+    _set_rng_state(state["rng"])
+    b = state["best"]
+    best.update(metrics=b["metrics"], state=b["state"], proba=b["proba"].numpy() if b["proba"] is not None else None,
+                index=b["index"].numpy() if b["index"] is not None else None)
+    log.info("resuming %s after epoch %d (best epoch %d)", run_dir, state["epoch"], int(b["epoch"]))
+    return LoopState(history=list(state["history"]), stale=int(state["stale"]), next_epoch=int(state["epoch"]) + 1,
+                     best_score=float(b["score"]), best_epoch=int(b["epoch"]))
+
+
+class _Classification:
+    """:func:`fit`'s adapter for :func:`msa.loop.run_epochs`: one epoch of the head, scored by validation
+    weighted F1 (minus the training loss without validation labels); the best epoch's weights, metrics and
+    probabilities are kept, and its checkpoint written."""
+
+    def __init__(self, acc, model, loss_fn, optimizer, scheduler, train_loader, val_loader, y_val, labels, cfg,
+                 run_dir, checkpoint_config, keep_state, shuffle_gen, best, bar):
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+
+    def run_epoch(self, epoch: int) -> tuple[dict, float]:
+        from msa.metrics import classification_metrics
+
+        acc, model, loss_fn, cfg = self.acc, self.model, self.loss_fn, self.cfg
+        model.train()
+        loss_fn.train()
+        t0, total_loss, seen = time.time(), 0.0, 0
+        for batch in self.train_loader:
+            self.optimizer.zero_grad(set_to_none=True)
+            with acc.autocast():
+                loss = loss_fn(_forward(model, batch), batch["label"])
+            acc.backward(loss)
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            total_loss += float(loss.detach()) * len(batch["label"])
+            seen += len(batch["label"])
+        loss_fn.eval()
+        proba, index = predict_proba(model, self.val_loader, acc)
+        order = np.argsort(index)
+        self.proba, self.index = proba[order], index[order]
+        row = {"epoch": epoch, "train_loss": total_loss / max(1, seen), "lr": self.scheduler.get_last_lr()[0],
+               "seconds": round(time.time() - t0, 3)}
+        self.metrics = {}
+        if self.y_val is not None and len(self.proba):
+            with torch.no_grad():
+                val_loss = float(loss_fn(torch.log(torch.from_numpy(self.proba).clamp_min(1e-12)).to(acc.device),
+                                         torch.from_numpy(self.y_val).to(acc.device)))
+            self.metrics = classification_metrics(self.y_val, self.proba.argmax(1), self.proba,
+                                                  labels=tuple(self.labels))
+            row.update(val_loss=val_loss, **{k: v for k, v in self.metrics.items() if isinstance(v, (int, float))})
+            return row, self.metrics["weighted_f1"]
+        return row, -row["train_loss"]
+
+    def keep(self, epoch: int, row: dict, score: float) -> None:
+        unwrapped = self.acc.unwrap_model(self.model)
+        self.best.update(metrics=self.metrics, proba=self.proba, index=self.index, state=snapshot(unwrapped))
+        if self.run_dir is not None and self.checkpoint_config is not None and self.acc.is_main_process:
+            save_checkpoint(self.run_dir / "checkpoint", unwrapped, self.checkpoint_config, loss_fn=self.loss_fn)
+
+    def end_epoch(self, epoch: int, row: dict, state: LoopState) -> None:
+        if self.run_dir is not None and self.acc.is_main_process:
+            write_csv(self.run_dir / "history.csv", pd.DataFrame(state.history))
+        if self.keep_state:
+            _save_resume_state(self.run_dir, self.cfg, epoch, self.acc.unwrap_model(self.model), self.optimizer,
+                               self.scheduler, self.loss_fn, self.shuffle_gen, state, self.best)
+        self.bar.update()
+        self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", wf1=f"{row.get('weighted_f1', float('nan')):.3f}")
+
+
 def _save_resume_state(run_dir: Path, cfg: TrainConfig, epoch: int, model, optimizer, scheduler, loss_fn,
-                       shuffle_gen: torch.Generator, history: list[dict], stale: int, best: dict) -> None:
+                       shuffle_gen: torch.Generator, loop: LoopState, best: dict) -> None:
     from msa.io import atomic_path
 
     state = {"config": cfg.as_dict(), "epoch": epoch, "model": model.state_dict(),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loss": loss_fn.state_dict(),
-             "shuffle": shuffle_gen.get_state(), "rng": _rng_state(), "history": history, "stale": stale,
-             "best": {"score": best["score"], "epoch": best["epoch"], "metrics": best["metrics"],
+             "shuffle": shuffle_gen.get_state(), "rng": _rng_state(), "history": loop.history, "stale": loop.stale,
+             "best": {"score": loop.best_score, "epoch": loop.best_epoch, "metrics": best["metrics"],
                       "state": best["state"],
                       "proba": torch.from_numpy(best["proba"]) if best["proba"] is not None else None,
                       "index": torch.from_numpy(np.asarray(best["index"])) if best["index"] is not None else None}}

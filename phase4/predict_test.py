@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from msa import cli
-from msa.predict import default_model, load_members, member_proba, write_provenance
+from msa.predict import default_model, load_members, member_proba, predict_post, write_provenance
 
 log = logging.getLogger("phase4.predict")
 REPO = Path(__file__).resolve().parents[1]
@@ -63,45 +63,12 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def predict_one(args, ckpt: Path) -> int:
-    """The --image / --text mode: one post, written to a temporary data folder so that it is read and
-    preprocessed exactly as a dataset post."""
+    """The --image / --text mode: one post (read and preprocessed exactly as a dataset post), printed."""
     import json
-    import tempfile
 
-    from msa.data import IMAGE_EXTENSIONS, LABELS, MAX_IMAGE_BYTES, MAX_TEXT_BYTES, load_image, read_capped, read_text
+    from msa.data import LABELS
 
-    for flag, path in (("--image", args.image), ("--text-file", args.text_file)):
-        if path is not None and not path.is_file():
-            raise cli.UserError(f"{flag} {path}: no such file" if not path.exists() else
-                                f"{flag} {path}: not a regular file")
-    members, bias, views = load_members(ckpt)
-    warnings = []
-    with tempfile.TemporaryDirectory(prefix="msa-post-") as tmp:
-        data = Path(tmp)
-        if args.image is not None:
-            # the reader finds images by extension and decodes them by content: an unknown extension (.tiff, .jfif)
-            # is read as what it really is
-            ext = args.image.suffix.lower() if args.image.suffix.lower() in IMAGE_EXTENSIONS else ".jpg"
-            try:
-                (data / f"post{ext}").write_bytes(read_capped(args.image, MAX_IMAGE_BYTES)[0])
-            except OSError as exc:
-                raise cli.UserError(f"--image {args.image}: {getattr(exc, 'detail', None) or exc}") from None
-            img = load_image(data, "post")
-            if not img.ok:
-                warnings.append(f"--image {args.image} cannot be used ({img.status}: {img.detail}); predicted "
-                                "without it (a grey placeholder, as for a dataset post with a broken image)")
-        if args.text_file is not None:
-            try:
-                (data / "post.txt").write_bytes(read_capped(args.text_file, MAX_TEXT_BYTES, cut=True)[0])
-            except OSError as exc:
-                raise cli.UserError(f"--text-file {args.text_file}: {getattr(exc, 'detail', None) or exc}") from None
-        else:
-            (data / "post.txt").write_text(args.text or "", encoding="utf-8")
-        txt = read_text(data, "post")
-        if txt.truncated:
-            warnings.append(f"the text was cut to its first {MAX_TEXT_BYTES:,} bytes")
-        proba = member_proba(members, views, bias, ["post"], data, args.cache_dir, args.batch_size,
-                             progress=False, check_files=False)[0][0]
+    proba, warnings = predict_post(ckpt, args.image, args.text, args.text_file, args.cache_dir, args.batch_size)
     label = LABELS[int(proba.argmax())]
     probs = {lab: round(float(proba[k]), 4) for k, lab in enumerate(LABELS)}
     for w in warnings:

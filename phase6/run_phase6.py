@@ -50,6 +50,7 @@ PHASE_DIR = Path(__file__).resolve().parent
 def build_parser() -> cli.ArgumentParser:
     from msa.clip import DEFAULT_CLIP
     from msa.probes import CV_METRICS, DEFAULT_CS
+    from msa.settings import DEVICES
 
     p = cli.ArgumentParser(description=__doc__)
     cli.add_data_args(p)
@@ -58,7 +59,7 @@ def build_parser() -> cli.ArgumentParser:
                    help="local Hugging Face CLIP-like folder (config.json, weights, tokenizer, "
                         "preprocessor_config.json); a bare name is also looked up in pretrained_models/. Missing: "
                         "a warning, and the probes run on the default backbones instead (not CLIP)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    g.add_argument("--device", default="auto", choices=list(DEVICES),
                    help="where CLIP runs (auto: cuda when available)")
     g.add_argument("--batch-size", type=cli.positive_int, default=32, help="batch size of the frozen encoders")
     pr = p.add_argument_group("probes")

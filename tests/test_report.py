@@ -121,3 +121,20 @@ def test_the_final_section_shows_where_the_errors_are(tmp_path):
     final = md[md.index("## Final recipe"):]
     assert "### Where the errors are" in final and "#### Per class" in final
     assert final.index("| row | wF1 |") < final.index("### Where the errors are")
+
+
+def test_copy_figures_makes_the_report_folder_stand_alone(tmp_path):
+    """``--copy-figures`` (make docs-results): every figure is copied next to the report and linked there."""
+    root = tmp_path / "repo"
+    _write(root / "phase3/results/summary.md", "# P3\n\n![x](../figures/losses.png)\n")
+    (root / "phase3/figures").mkdir(parents=True)
+    (root / "phase3/figures/losses.png").write_bytes(b"\x89PNG one")
+    (root / "phase3/figures/reliability.png").write_bytes(b"\x89PNG two")
+    out = tmp_path / "docs" / "results" / "REPORT.md"
+    assert report.main(["--root", str(root), "--output", str(out), "--copy-figures"]) == 0
+    md = out.read_text()
+    assert "](figures/phase3-figures-losses.png)" in md and "](figures/phase3-figures-reliability.png)" in md
+    assert "../" not in md  # nothing points outside the folder
+    assert (out.parent / "figures/phase3-figures-reliability.png").read_bytes() == b"\x89PNG two"
+    # the self-contained HTML twin embeds the copies
+    assert md.count("figures/phase3-") == 2 and "data:image/png;base64" in out.with_suffix(".html").read_text()

@@ -18,6 +18,7 @@ from tasks.trend import run_trend as trend
 from tasks.trend.data import MAX_SPAN_DAYS, check_disjoint, chronological_split, load_inputs, parse_dates, window_days
 from tasks.trend.make_trend_data import make_trend_dataset
 from tasks.trend.model import DayData, _build_net
+from tasks.trend.stage import pooled_fusions
 from tests.conftest import REPO
 from tests.tiny_models import tiny_bert, tiny_vit
 
@@ -386,7 +387,7 @@ def test_make_trend_data_bad_flags_exit_2(tmp_path, capsys, flag_args, message):
     assert not (out / "posts.csv").exists()
 
 
-@pytest.mark.parametrize("fusion", trend.pooled_fusions())
+@pytest.mark.parametrize("fusion", pooled_fusions())
 def test_every_pooled_fusion_runs_a_window_step(fusion):
     import torch
 

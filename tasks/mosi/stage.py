@@ -1,18 +1,198 @@
-"""The work of tasks/mosi/run_mosi.py: load the feature file, train every model x seed, summarise over seeds, write
-the tables, predictions, figure and records. The script is the front end (arguments, checks, the stamp)."""
+"""The work of tasks/mosi/run_mosi.py: its flags (settings dataclasses, see :mod:`msa.config`) and their checks,
+the --make-synthetic and --convert utilities, load the feature file, train every model x seed, summarise over
+seeds, write the tables, predictions, figure and records. The script is the front end (parser, the stamp)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from msa import cli
+from msa.config import add_options, option
+from msa.settings import DEVICES
 
 log = logging.getLogger("mosi")
+TASK_DIR = Path(__file__).resolve().parent
+DATASETS = ("mosi", "mosei", "sims")
+#: the default --model: the best simple model on our measurements (see docs/mosi.md)
+DEFAULT_MODEL = "transformer"
+#: the widest --hidden accepted (the weights grow with its square; wider is a typo, not a model)
+MAX_HIDDEN = 4096
+#: the largest seed torch, numpy and random all accept alike
+MAX_SEED = 2**32 - 1
+#: the largest --make-synthetic file (about 160 KB a sample: 50 x 768 text frames; CMU-MOSEI has 23k samples)
+MAX_SYNTHETIC = 50_000
+
+
+# ------------------------------------------------------------------------------------------------ flags
+def _seq(name: str):
+    """A registry of :mod:`msa.seq_models`, read when the parser is built."""
+    def names():
+        from msa import seq_models
+
+        return list(getattr(seq_models, name))
+
+    return names
+
+
+def _model_help() -> str:
+    from msa.seq_models import ENCODERS, MODELS
+
+    return (f"comma-separated models, each NAME or NAME+FUSION; NAME from {', '.join(MODELS)} (mean/lstm/transformer "
+            f"= that encoder per modality: {', '.join(ENCODERS)}); the first one's results fill OUT/metrics.json and "
+            "OUT/test_predictions.csv")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    data: Path | None = option(None, "MMSA feature file: the toolkit's pickle (e.g. MOSI/Processed/unaligned_50.pkl), "
+                               "or the X.safetensors (+ X.json) copy written by --convert (never modified)")
+    dataset: str = option("mosi", "which metric set: mosi / mosei (labels in [-3, 3]) or sims (CH-SIMS, labels in "
+                          "[-1, 1])", choices=DATASETS)
+    modalities: str = option("text,audio,vision", "comma-separated modalities to use, from text, audio, vision "
+                             "(cmcbep needs two or more)")
+    convert: bool = option(False, "write a safetensors + JSON copy of the --data pickle (next to it, or "
+                           "--convert-out) and exit; later runs load it with --data X.safetensors without unpickling")
+    convert_out: Path | None = option(None, "path stem of the converted copy (default: the pickle's path without "
+                                      ".pkl)", type=cli.output_file)
+    make_synthetic: Path | None = option(None, "write a synthetic MMSA-layout pickle (planted learnable signal, -inf "
+                                         "audio entries, variable lengths; text 50x768, audio 50x5, vision 50x20 like "
+                                         "MOSI) to FILE and exit", type=cli.output_file, metavar="FILE")
+    synthetic_samples: int = option(700, f"samples in the --make-synthetic file (10 to {MAX_SYNTHETIC})",
+                                    type=cli.positive_int)
+    synthetic_seed: int = option(0, "random seed of the --make-synthetic file", type=cli.non_negative_int)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    model: str = option(DEFAULT_MODEL, _model_help)
+    fusion: str = option("concat", "fusion of the encoded modalities (msa.fusions) for models given without +FUSION",
+                         choices=_seq("POOLED_FUSIONS"))
+    hidden: int = option(64, f"width of the encoders, projections and heads (at most {MAX_HIDDEN})",
+                         type=cli.positive_int)
+    dropout: float = option(0.1, "dropout in encoders, projections and heads (0 <= p < 1)", type=cli.fraction)
+    max_frames: int = option(100, "a modality whose sequences are longer (the unaligned files' audio and vision: "
+                             "375-500 frames) has its frames averaged in windows of ceil(L / max-frames), so at most "
+                             "this many remain; attention cost grows with the square of the length (0 = keep every "
+                             "frame)", type=cli.non_negative_int)
+
+
+@dataclass(frozen=True)
+class CMCBEPSettings:
+    cmcbep_encoder: str = option("transformer", "sequence encoder of cmcbep (its cross-attention needs the frame "
+                                 "sequences)", choices=_seq("ENCODERS"))
+    lead: str = option("auto", "lead modality that supplements the others through cross-attention: text, audio, "
+                       "vision, or auto (a learned per-sample softmax over the modalities)")
+    cl_weight: float = option(0.1, "weight of the cross-modal InfoNCE loss (0 = off)", type=cli.non_negative_float)
+    cl_temperature: float = option(0.1, "InfoNCE temperature (> 0)", type=cli.positive_float)
+    aux_weight: float = option(0.5, "weight of the losses of the unimodal and fused predictions that the balanced "
+                               "prediction combines (0 = only the combined prediction is trained)",
+                               type=cli.non_negative_float)
+    unimodal_labels: bool = option(False, "train cmcbep's unimodal predictions on regression_labels_T/A/V where the "
+                                   "file has them (CH-SIMS), else on the multimodal label")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    loss: str = option("l1", "regression loss (L1 = MAE, what most of MMSA's regression trainers use)",
+                       choices=_seq("LOSSES"))
+    epochs: int = option(30, "maximum epochs per run", type=cli.positive_int)
+    patience: int = option(8, "stop after this many epochs without a lower validation loss (0 = never)",
+                           type=cli.non_negative_int)
+    batch_size: int = option(32, "samples per step", type=cli.positive_int)
+    learning_rate: float = option(1e-3, "AdamW learning rate (warm-up + cosine)", type=cli.positive_float)
+    weight_decay: float = option(0.01, "AdamW weight decay", type=cli.non_negative_float)
+    warmup_ratio: float = option(0.1, "share of steps with linear warm-up", type=cli.fraction)
+    seeds: str = option("42,43,44", "comma-separated seeds (integers 0 .. 2^32-1); every model is trained once per "
+                        "seed")
+    device: str = option("auto", "where to train (auto: cuda when available)", choices=DEVICES)
+    threads: int = option(1, "torch CPU threads (the models are small: one thread is fastest on a shared or small "
+                          "CPU; 0 = torch's default)", type=cli.non_negative_int)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    out: Path | None = option(None, "output folder (default tasks/mosi/results/<dataset>)", type=cli.output_dir)
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """Every flag of run_mosi.py, in its --help groups."""
+    from msa import stamp
+
+    for cls, title in ((DataSettings, "data"), (ModelSettings, "model"), (CMCBEPSettings, "cmcbep"),
+                       (TrainingSettings, "training"), (OutputSettings, "output")):
+        groups = add_options(p, cls, group=title)
+    stamp.add_force_arg(groups["output"])
+    groups["output"].add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def check_args(args) -> tuple[list[str], list[str], list[int]]:
+    """The flags' checks beyond their types: ``(modalities, model specs, seeds)``."""
+    from msa.fusions import ConfigError
+    from msa.mmsa import MODALITIES
+    from msa.seq_models import parse_model_spec
+    from msa.settings import parse_seeds
+
+    mods = [s.strip() for s in args.modalities.split(",") if s.strip()]
+    bad = [s for s in mods if s not in MODALITIES]
+    if bad or not mods or len(set(mods)) != len(mods):
+        raise cli.UserError(f"--modalities must be distinct names from {', '.join(MODALITIES)}, "
+                            f"got {args.modalities!r}")
+    specs = [s.strip() for s in args.model.split(",") if s.strip()]
+    if not specs:
+        raise cli.UserError("--model is empty")
+    if len(set(specs)) != len(specs):
+        raise cli.UserError(f"--model lists a model twice: {args.model!r}")
+    for s in specs:
+        parse_model_spec(s)  # ConfigError (a UserError) for unknown names
+        if s.startswith("cmcbep") and len(mods) < 2:
+            raise ConfigError(f"cmcbep needs at least two modalities, got --modalities {args.modalities}")
+    if args.lead != "auto" and args.lead not in mods:
+        raise cli.UserError(f"--lead must be auto or one of the modalities {', '.join(mods)}, got {args.lead!r}")
+    if args.hidden > MAX_HIDDEN:
+        raise cli.UserError(f"--hidden {args.hidden} is wider than {MAX_HIDDEN}")
+    if not args.dropout < 1:
+        raise cli.UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    seeds = parse_seeds(args.seeds)
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise cli.UserError(f"--seeds must be integers from 0 to {MAX_SEED}, got {bad[0]}")
+    return mods, specs, seeds
+
+
+def utility(args) -> str | None:
+    """--make-synthetic or --convert, when given: does it and returns the line to print; else ``None`` (after
+    checking that --data is there)."""
+    from msa import mmsa
+
+    if args.make_synthetic is not None:
+        if not 10 <= args.synthetic_samples <= MAX_SYNTHETIC:
+            raise cli.UserError(f"--synthetic-samples must be 10 to {MAX_SYNTHETIC}, got {args.synthetic_samples}")
+        path = mmsa.write_synthetic(args.make_synthetic, n=args.synthetic_samples, seed=args.synthetic_seed,
+                                    dataset="sims" if args.dataset == "sims" else "mosi")
+        return f"synthetic MMSA file ({args.synthetic_samples} samples) -> {path}"
+    if args.data is None:
+        raise cli.UserError("--data FILE is required (an MMSA feature file, or its --convert copy)")
+    if args.convert:
+        st, js = mmsa.convert(args.data, args.convert_out)
+        return f"converted {args.data} -> {st} + {js}; later runs: --data {st}"
+    return None
+
+
+def data_files(args) -> list[Path]:
+    """The files the stamp hashes: --data and, for a converted copy, its JSON."""
+    from msa import mmsa
+
+    return [args.data] + ([mmsa.converted_paths(args.data)[1]] if mmsa.is_converted(args.data) else [])
+
+
+# ------------------------------------------------------------------------------------------------ the run
 
 
 def _check_labels(data, dataset: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from msa.loop import run_epochs
 from tasks.trend.data import CLASS_NAMES, CLASS_VALUES, window_days
 
 log = logging.getLogger("trend")
@@ -136,39 +137,55 @@ def train_one(row: str, seed: int, prob: Problem, args, device, progress: bool =
     opt = torch.optim.AdamW(net.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     y_fit, loss_fn = _fit_target(prob, args.loss)
     gen = torch.Generator().manual_seed(seed)
-    best = {"score": -math.inf, "epoch": 0, "state": None, "val": None}
-    stale = 0
-    history = []
-    bar = tqdm(range(1, args.epochs + 1), desc=f"{row} s{seed}", unit="ep", leave=False,
-               disable=None if progress else True)
+    bar = tqdm(total=args.epochs, desc=f"{row} s{seed}", unit="ep", leave=False, disable=None if progress else True)
     net.train()
-    # a batch = batch_size / block random blocks of `block` consecutive windows: consecutive windows share most
-    # of their days, so a step fuses the posts of ~(batch_size / block) * (block + window) days, not of all days
-    block = max(1, min(args.block, args.batch_size))
-    blocks = list(torch.arange(len(prob.windows["train"])).split(block))
-    per_batch = max(1, args.batch_size // block)
-    for epoch in bar:
-        order = torch.randperm(len(blocks), generator=gen).tolist()
-        batches = (torch.cat([blocks[j] for j in order[i:i + per_batch]]).to(device)
-                   for i in range(0, len(order), per_batch))
-        train_loss = _train_epoch(net, opt, loss_fn, batches, prob, y_fit)
-        val = _score(prob, "val", _predict(net, prob, "val"))
-        s = -val["MAE"] if reg else val["macro_f1"] + 1e-3 * val["accuracy"]
-        history.append({"epoch": epoch, "train_loss": train_loss,
-                        **{k: v for k, v in val.items() if k != "confusion_matrix"}})
-        if s > best["score"] + 1e-9:
-            best.update(score=s, epoch=epoch, state=copy.deepcopy(net.state_dict()), val=val)
-            stale = 0
-        else:
-            stale += 1
-        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{-s if reg else s:.3f}", best=best["epoch"])
-        if args.patience and stale >= args.patience:
-            break
+    task = _TrendTask(net, opt, loss_fn, prob, y_fit, args, gen, bar, device)
+    loop = run_epochs(task, args.epochs, args.patience, tol=1e-9)
     bar.close()
-    net.load_state_dict(best["state"])
+    net.load_state_dict(task.best_state)
     test_out = _predict(net, prob, "test")
-    return {"best_epoch": best["epoch"], "epochs_run": len(history), "val": best["val"],
-            "test": _score(prob, "test", test_out), "test_out": test_out, "history": history}
+    return {"best_epoch": loop.best_epoch, "epochs_run": len(loop.history), "val": task.best_val,
+            "test": _score(prob, "test", test_out), "test_out": test_out, "history": loop.history}
+
+
+class _TrendTask:
+    """:func:`train_one`'s adapter for :func:`msa.loop.run_epochs`: one epoch over the training windows, scored
+    by minus the validation MAE (regression) or macro F1 plus a thousandth of the accuracy (classification)."""
+
+    def __init__(self, net, opt, loss_fn, prob: Problem, y_fit, args, gen, bar, device):
+        import torch
+
+        self.net, self.opt, self.loss_fn, self.prob, self.y_fit, self.gen, self.bar = (net, opt, loss_fn, prob,
+                                                                                        y_fit, gen, bar)
+        # a batch = batch_size / block random blocks of `block` consecutive windows: consecutive windows share
+        # most of their days, so a step fuses the posts of ~(batch_size / block) * (block + window) days, not of
+        # all days
+        block = max(1, min(args.block, args.batch_size))
+        self.blocks = list(torch.arange(len(prob.windows["train"])).split(block))
+        self.per_batch = max(1, args.batch_size // block)
+        self.device = device
+        self.best_state, self.best_val, self.reg = None, None, prob.task == "regression"
+
+    def run_epoch(self, epoch: int) -> tuple[dict, float]:
+        import torch
+
+        order = torch.randperm(len(self.blocks), generator=self.gen).tolist()
+        batches = (torch.cat([self.blocks[j] for j in order[i:i + self.per_batch]]).to(self.device)
+                   for i in range(0, len(order), self.per_batch))
+        train_loss = _train_epoch(self.net, self.opt, self.loss_fn, batches, self.prob, self.y_fit)
+        self.val = _score(self.prob, "val", _predict(self.net, self.prob, "val"))
+        score = -self.val["MAE"] if self.reg else self.val["macro_f1"] + 1e-3 * self.val["accuracy"]
+        self.score = score
+        return {"epoch": epoch, "train_loss": train_loss,
+                **{k: v for k, v in self.val.items() if k != "confusion_matrix"}}, score
+
+    def keep(self, epoch: int, row: dict, score: float) -> None:
+        self.best_state, self.best_val = copy.deepcopy(self.net.state_dict()), self.val
+
+    def end_epoch(self, epoch: int, row: dict, state) -> None:
+        self.bar.update()
+        self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{-self.score if self.reg else self.score:.3f}",
+                             best=state.best_epoch)
 
 
 def _fit_target(prob: Problem, loss: str):
@@ -220,24 +237,14 @@ def _score(prob: Problem, split: str, out) -> dict:
     return classification_scores(y, out.argmax(1))
 
 
-_WORKER: dict = {}
-
-
-def _init_worker(prob: Problem, args, device: str, threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    logging.getLogger("msa").setLevel(logging.WARNING)
-    _WORKER.update(prob=prob, args=args, device=device)
-
-
-def _run_job(job: tuple[str, int]) -> tuple[tuple[str, int], dict]:
+def _run_job(shared: dict, job: tuple[str, int]) -> tuple[tuple[str, int], dict]:
+    """One (row, seed) training, in a worker process or inline (:func:`msa.workers.run_jobs`)."""
     import torch
 
     row, seed = job
     t0 = time.time()
-    res = train_one(row, seed, _WORKER["prob"], _WORKER["args"], torch.device(_WORKER["device"]),
-                    progress=_WORKER.get("progress", False))
+    res = train_one(row, seed, shared["prob"], shared["args"], torch.device(shared["device"]),
+                    progress=shared["inline"])
     res["seconds"] = round(time.time() - t0, 2)
     res.pop("history", None)
     return job, res
@@ -247,36 +254,13 @@ def run_all(jobs: list[tuple[str, int]], prob: Problem, args, device) -> list[tu
     """Train every (row, seed): in ``--jobs`` processes with one torch thread each (CPU), else in this process
     (one thread as well, so that the result does not depend on --jobs)."""
     import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
 
-    import torch
-    from tqdm import tqdm
+    from msa.workers import run_jobs
 
     n_jobs = max(1, min(int(args.jobs), len(jobs), os.cpu_count() or 1)) if device.type == "cpu" else 1
-    bar = tqdm(total=len(jobs), desc="training runs", unit="run", disable=None)
-    done = []
-    if n_jobs == 1:
-        threads = torch.get_num_threads()
-        if device.type == "cpu":
-            torch.set_num_threads(1)
-        try:
-            _WORKER.update(prob=prob, args=args, device=str(device), progress=True)
-            for job in jobs:
-                done.append(_run_job(job))
-                bar.update()
-        finally:
-            torch.set_num_threads(threads)
-            _WORKER.clear()
-    else:
-        with ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(prob, args, "cpu", 1)) as pool:
-            futures = [pool.submit(_run_job, job) for job in jobs]
-            for fut in as_completed(futures):
-                done.append(fut.result())
-                bar.update()
-    bar.close()
-    return done
+    return run_jobs(_run_job, jobs, {"prob": prob, "args": args, "device": str(device) if n_jobs == 1 else "cpu"},
+                    n_jobs=n_jobs, threads=1, inline_threads=1 if device.type == "cpu" else None,
+                    desc="training runs")
 
 
 def baseline(prob: Problem) -> dict:

@@ -1,0 +1,169 @@
+"""The shared core: typed settings and their generated flags, the one training loop, the worker helper and the
+declared hand-off records."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+
+from msa import cli
+from msa.config import add_options, check_mapping, from_args, option
+from msa.loop import LoopState, run_epochs
+from msa.records import BestRecord, RunFolder, read_best, write_best
+from msa.settings import DEFAULTS, Settings, add_model_args, add_training_args, resolve
+from msa.workers import run_jobs
+
+
+# ----------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class _Opts:
+    count: int = option(3, "how many", type=cli.positive_int)
+    mode: str = option("a", "which", choices=lambda: ["a", "b"])
+    verbose: bool = option(False, "say more")
+    hidden_only: str = option("x", "set from files only", flag="")
+
+
+def test_flags_are_generated_from_the_fields():
+    p = cli.ArgumentParser()
+    add_options(p, _Opts, group="things")
+    ns = p.parse_args(["--count", "5", "--mode", "b", "--verbose"])
+    assert from_args(_Opts, ns) == _Opts(count=5, mode="b", verbose=True)
+    assert from_args(_Opts, p.parse_args([])) == _Opts()
+    assert "--hidden-only" not in p.format_help() and "how many (default: 3)" in p.format_help()
+    for bad in (["--count", "0"], ["--mode", "c"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+
+
+def test_a_file_is_checked_like_the_flags():
+    assert check_mapping(_Opts, {"count": 4.0, "mode": "b"}, "f.json") == {"count": 4, "mode": "b"}
+    for data, match in (({"cuont": 1}, "f.json: unknown setting 'cuont'"), ({"count": -1}, "f.json: count"),
+                        ({"count": "many"}, "f.json: count"), ({"mode": "c"}, "f.json: mode must be one of a, b"),
+                        ({"verbose": "yes"}, "verbose must be true or false"), ([1], "expected a JSON object")):
+        with pytest.raises(cli.UserError, match=match):
+            check_mapping(_Opts, data, "f.json")
+    assert check_mapping(_Opts, {"cuont": 1}, "f.json", strict=False) == {}
+
+
+def test_settings_resolve_in_layers_and_choices_come_from_the_registries(tmp_path):
+    from msa.fusions import FUSIONS
+    from msa.losses import LOSSES
+
+    p = cli.ArgumentParser()
+    add_model_args(p)
+    add_training_args(p)
+    choices = {a.dest: a.choices for a in p._actions}
+    assert choices["feature_fusion"] == sorted(FUSIONS) and choices["loss_type"] == sorted(LOSSES)
+    assert list(choices["scheduler"]) == ["cosine", "linear", "constant"]
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"name": "x", "hidden": 64, "fusion": "add", "learning_rate": 0.01}))
+    s = resolve(p.parse_args(["--preset", str(preset), "--learning-rate", "0.002"]), base={"dropout": 0.5,
+                                                                                          "stale_key": 1})
+    assert isinstance(s, Settings)
+    assert (s.hidden, s.feature_fusion, s.learning_rate, s.dropout, s.batch_size) == (64, "add", 0.002, 0.5, 64)
+    assert dict(s) == s.to_dict() and {**s}["hidden"] == 64 and s["feature_fusion"] == "add"
+    assert Settings.from_dict(json.loads(json.dumps(s.to_dict()))) == s  # what run folders record rebuilds it
+    cfg = s.train_config(7)
+    assert (cfg.learning_rate, cfg.seed, cfg.batch_size) == (0.002, 7, 64)
+    assert Settings().to_dict() == DEFAULTS
+    with pytest.raises(cli.UserError, match="hidden"):
+        s.replace(hidden=0)
+    with pytest.raises(cli.UserError, match="feature_fusion must be one of"):
+        Settings.from_dict({"feature_fusion": "nope"}, "preset q.json")
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+class _Scripted:
+    """An adapter whose epochs score as scripted."""
+
+    def __init__(self, scores):
+        self.scores, self.kept, self.ended = list(scores), [], []
+
+    def run_epoch(self, epoch):
+        return {"epoch": epoch}, self.scores[epoch - 1]
+
+    def keep(self, epoch, row, score):
+        self.kept.append(epoch)
+
+    def end_epoch(self, epoch, row, state):
+        self.ended.append(epoch)
+
+
+def test_the_loop_keeps_the_best_epoch_and_stops_after_patience():
+    task = _Scripted([0.1, 0.3, 0.3 + 1e-9, 0.2, 0.25, 0.9])
+    state = run_epochs(task, epochs=6, patience=3)
+    assert (state.best_epoch, state.best_score, state.stopped) == (2, 0.3, True)
+    assert task.kept == [1, 2] and task.ended == [1, 2, 3, 4, 5] and len(state.history) == 5
+    # patience 0 never stops; a smaller tolerance counts the tiny gain
+    task = _Scripted([0.1, 0.3, 0.3 + 1e-9, 0.2, 0.25, 0.9])
+    state = run_epochs(task, epochs=6, patience=0, tol=1e-12)
+    assert task.kept == [1, 2, 3, 6] and not state.stopped and state.best_epoch == 6
+
+
+def test_a_resumed_loop_continues_where_it_stopped():
+    scores = [0.5, 0.4, 0.6, 0.55, 0.7]
+    whole = run_epochs(_Scripted(scores), epochs=5, patience=2)
+    first = run_epochs(_Scripted(scores), epochs=3, patience=2)
+    rest = run_epochs(_Scripted(scores), epochs=5, patience=2, state=first)
+    assert (rest.best_epoch, rest.best_score, len(rest.history)) == (whole.best_epoch, whole.best_score, 5)
+    done = LoopState(stale=2, next_epoch=4, best_score=0.9, best_epoch=1)
+    task = _Scripted(scores)
+    assert run_epochs(task, epochs=5, patience=2, state=done).stopped and task.ended == []
+    assert LoopState().best_score == -math.inf
+
+
+# ----------------------------------------------------------------------------------------------- workers
+def _square(shared, job):
+    if job == "boom":
+        raise ValueError("job failed")
+    return job * job + shared["offset"], shared["inline"]
+
+
+def test_jobs_come_back_in_order_inline_and_in_processes():
+    inline = run_jobs(_square, [3, 1, 2], {"offset": 10}, n_jobs=1, desc=None)
+    assert inline == [(19, True), (11, True), (14, True)]
+    pooled = run_jobs(_square, [3, 1, 2], {"offset": 10}, n_jobs=2, desc=None)
+    assert [r for r, _ in pooled] == [19, 11, 14] and not any(i for _, i in pooled)
+    for n in (1, 2):
+        with pytest.raises(ValueError, match="job failed"):
+            run_jobs(_square, [1, "boom"], {"offset": 0}, n_jobs=n, desc=None)
+
+
+# ----------------------------------------------------------------------------------------------- records
+def _best(**kw):
+    rec = dict(method="focal-none", seed=42, select_metric="weighted_f1", value=0.7, selected_by="mean",
+               run_dir="phase3/results/runs/focal-none-s42", copied_to="phase3/results/best",
+               checkpoint="phase3/results/best/checkpoint", seed_runs=["runs/a", "runs/b"], seeds=[42, 43],
+               metrics={"weighted_f1": 0.7}, method_mean={"weighted_f1": {"mean": 0.69, "std": 0.01}},
+               settings=dict(DEFAULTS), loss_kw={}, split="default", split_sha256="ab" * 32)
+    rec.update(kw)
+    return rec
+
+
+def test_best_record_round_trip_and_clear_errors(tmp_path):
+    rec = BestRecord(**_best(), extra={"loss": "focal", "sampler": "none"})
+    path = write_best(tmp_path, rec)
+    assert path.name == "best.json" and json.loads(path.read_text())["sampler"] == "none"
+    assert read_best(path) == rec
+    broken = _best()
+    del broken["seed_runs"]
+    path.write_text(json.dumps(broken))
+    with pytest.raises(cli.UserError, match="has no 'seed_runs'"):
+        read_best(path)
+    path.write_text(json.dumps(_best(seed_runs="runs/a")))
+    with pytest.raises(cli.UserError, match="'seed_runs' must be a list"):
+        read_best(path)
+    path.write_text("{")
+    with pytest.raises(cli.UserError, match="cannot be read"):
+        read_best(path)
+    with pytest.raises(cli.UserError, match="not found"):
+        read_best(tmp_path / "nope.json")
+
+
+def test_run_folder_layout(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    assert run.checkpoint == tmp_path / "r" / "checkpoint" and run.config.name == "config.json"
+    assert RunFolder.of_checkpoint(run.checkpoint) == run
