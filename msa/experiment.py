@@ -125,47 +125,72 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
     ``settings`` (the run's resolved :class:`msa.settings.Settings`) is recorded in ``config.json`` as
     ``settings``, with the fusion and loss as trained, so that the run can be rebuilt from it
     (:func:`msa.ablation.recipe`)."""
-    import torch
-
-    from msa.fusions import SIDE, ModalitySpec, MultimodalClassifier, SideBranch
+    from msa.fusions import SIDE
     from msa.losses import build_loss
-    from msa.plots import confusion_matrix, training_curves
     from msa.trainer import FeatureDataset, fit, seed_everything
 
     t0 = time.time()
-    modalities = [m for m in fs.pooled if m != SIDE]
     token_mods = [m for m in token_modalities(fusion) if m in fs.tokens]
-    specs = [ModalitySpec(m, int(fs.pooled[m].shape[1]), m in token_mods) for m in modalities]
     side_record = fs.backbones.get(SIDE) if SIDE in fs.pooled else None
     seed_everything(train_cfg.seed)
     counts = np.bincount(data.labels[data.train_idx], minlength=len(LABELS)).tolist()
     loss_fn = build_loss(loss, class_counts=counts, **(loss_kw or {}))
-    if init_from is not None:
-        from msa.checkpoint import load_checkpoint, load_loss_state
-
-        model, start = load_checkpoint(init_from)
-        have = [(s["name"], int(s["dim"])) for s in start["model"]["specs"]]
-        if have != [(s.name, s.dim) for s in specs]:
-            raise cli.UserError(f"checkpoint {init_from} expects modalities {have}, the features give "
-                                f"{[(s.name, s.dim) for s in specs]}")
-        have_side = (start["model"].get("side") or {}).get("columns")
-        want_side = side_record["columns"] if side_record else None
-        if have_side != want_side:
-            raise cli.UserError(f"checkpoint {init_from} was trained with side-feature columns {have_side}, the "
-                                f"features give {want_side}: use the checkpoint's --side-features")
-        fusion = start["model"]["fusion"]
-        state = load_loss_state(init_from)
-        if state:
-            loss_fn.load_state_dict(state, strict=False)
-    else:
-        # imputation and standardisation of the side features: fitted on the training rows only
-        side_stats = (SideBranch.fit(fs.pooled[SIDE][data.train_idx], side_record["columns"])
-                      if side_record else None)
-        model = MultimodalClassifier(specs, fusion, num_outputs=len(LABELS), hidden=hidden, dropout=dropout,
-                                     side=side_stats)
+    model, fusion = _build_model(fs, data, fusion, token_mods, hidden, dropout, side_record, init_from, loss_fn)
     inputs = model.input_names
     train_ds = FeatureDataset(fs, data.train_idx, data.labels[data.train_idx], inputs, token_mods)
     val_ds = FeatureDataset(fs, data.val_idx, data.labels[data.val_idx], inputs, token_mods)
+    config, ckpt_config = _run_configs(fs, data, model, fusion, loss, loss_kw, train_cfg, args_record, counts,
+                                       token_mods, side_record, init_from, settings)
+    folder = RunFolder(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(folder.config, config)
+    result = fit(model, loss_fn, train_ds, val_ds, train_cfg, LABELS, run_dir=run_dir,
+                 checkpoint_config=None if light else ckpt_config, progress=progress, resume=resume)
+    metrics = dict(result["best_metrics"] or {})
+    metrics.update(best_epoch=result["best_epoch"], epochs_run=len(result["history"]),
+                   seconds=round(time.time() - t0, 2))
+    _write_outputs(folder, fs, data, result, metrics, light)
+    result["metrics"] = metrics
+    return result
+
+
+def _build_model(fs: FeatureSet, data: Labelled, fusion: str, token_mods: list[str], hidden: int, dropout: float,
+                 side_record: dict | None, init_from: Path | None, loss_fn):
+    """A new classifier for these features, or (``init_from``) the checkpoint's, checked against them, with its
+    loss state loaded into ``loss_fn``; returns ``(model, fusion as built)``."""
+    from msa.fusions import SIDE, ModalitySpec, MultimodalClassifier, SideBranch
+
+    modalities = [m for m in fs.pooled if m != SIDE]
+    specs = [ModalitySpec(m, int(fs.pooled[m].shape[1]), m in token_mods) for m in modalities]
+    if init_from is None:
+        # imputation and standardisation of the side features: fitted on the training rows only
+        side_stats = (SideBranch.fit(fs.pooled[SIDE][data.train_idx], side_record["columns"])
+                      if side_record else None)
+        return MultimodalClassifier(specs, fusion, num_outputs=len(LABELS), hidden=hidden, dropout=dropout,
+                                    side=side_stats), fusion
+    from msa.checkpoint import load_checkpoint, load_loss_state
+
+    model, start = load_checkpoint(init_from)
+    have = [(s["name"], int(s["dim"])) for s in start["model"]["specs"]]
+    if have != [(s.name, s.dim) for s in specs]:
+        raise cli.UserError(f"checkpoint {init_from} expects modalities {have}, the features give "
+                            f"{[(s.name, s.dim) for s in specs]}")
+    have_side = (start["model"].get("side") or {}).get("columns")
+    want_side = side_record["columns"] if side_record else None
+    if have_side != want_side:
+        raise cli.UserError(f"checkpoint {init_from} was trained with side-feature columns {have_side}, the "
+                            f"features give {want_side}: use the checkpoint's --side-features")
+    state = load_loss_state(init_from)
+    if state:
+        loss_fn.load_state_dict(state, strict=False)
+    return model, start["model"]["fusion"]
+
+
+def _run_configs(fs, data, model, fusion, loss, loss_kw, train_cfg, args_record, counts, token_mods, side_record,
+                 init_from, settings) -> tuple[dict, dict]:
+    """The run folder's ``config.json`` and the checkpoint's config."""
+    import torch
+
     config = {
         "arguments": args_record, "train": train_cfg.as_dict(), "fusion": fusion, "loss": loss,
         "loss_kw": loss_kw or {}, "labels": list(LABELS), "label2id": LABEL2ID,
@@ -182,14 +207,14 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
                    "text_normalisation": TEXT_NORMALISATION, "token_modalities": token_mods,
                    "side_features": side_record,
                    "loss": {"name": loss, "kw": loss_kw or {}, "class_counts": counts}}
-    folder = RunFolder(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(folder.config, config)
-    result = fit(model, loss_fn, train_ds, val_ds, train_cfg, LABELS, run_dir=run_dir,
-                 checkpoint_config=None if light else ckpt_config, progress=progress, resume=resume)
-    metrics = dict(result["best_metrics"] or {})
-    metrics.update(best_epoch=result["best_epoch"], epochs_run=len(result["history"]),
-                   seconds=round(time.time() - t0, 2))
+    return config, ckpt_config
+
+
+def _write_outputs(folder: RunFolder, fs: FeatureSet, data: Labelled, result: dict, metrics: dict,
+                   light: bool) -> None:
+    """metrics.json, val_predictions.csv and (unless ``light``) the run's figures."""
+    from msa.plots import confusion_matrix, training_curves
+
     write_json(folder.metrics, metrics)
     proba, index = result["val_proba"], result["val_index"]
     preds = pd.DataFrame({"guid": [fs.guids[i] for i in index], "label": [LABELS[data.labels[i]] for i in index],
@@ -198,14 +223,12 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
         preds[f"p_{lab}"] = proba[:, k].round(6)
     write_csv(folder.val_predictions, preds)
     if light:
-        result["metrics"] = metrics
-        return result
-    training_curves(result["history"], folder.figures / "training_curves.png", title=run_dir.name)
+        return
+    name = folder.root.name
+    training_curves(result["history"], folder.figures / "training_curves.png", title=name)
     if "confusion_matrix" in metrics:
         confusion_matrix(metrics["confusion_matrix"], LABELS, folder.figures / "confusion_matrix.png",
-                         title=f"{run_dir.name} (val)")
-    result["metrics"] = metrics
-    return result
+                         title=f"{name} (val)")
 
 
 # ------------------------------------------------------------------------------------- several runs at once
