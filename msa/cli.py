@@ -179,18 +179,11 @@ def _redacted(value):
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every phase: where the user's data is and where derived data files go."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
-                   help="dataset root holding data/{guid}.jpg|.txt, train.txt and test_without_label.txt "
-                        "(never modified)")
-    g.add_argument("--work-dir", type=output_dir, default=None,
-                   help="where phase 0 writes train_cleaned.txt, data_audit.csv, data_inventory.csv and "
-                        "splits/, and where later phases read them (default: the project's dataset/ folder, "
-                        "even when --data-root points elsewhere)")
-    g.add_argument("--split", default="default",
-                   help="name of the persisted split in <work-dir>/splits/<name>.csv "
-                        "(phase 0 writes 'default' and, with --folds K, 'cv{K}-0' ... 'cv{K}-{K-1}')")
+    """Flags shared by every phase: where the user's data is and where derived data files go
+    (:class:`msa.config.DataSettings`)."""
+    from msa.config import DataSettings, add_options
+
+    add_options(parser, DataSettings, group="data")
 
 
 def work_dir(args: argparse.Namespace) -> Path:

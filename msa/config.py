@@ -86,13 +86,15 @@ def _flag(f: dataclasses.Field, opt: Option) -> str:
 
 def add_options(parser: argparse.ArgumentParser, cls, *, group: str | None = None, skip: Iterable[str] = (),
                 defaults: Mapping[str, Any] | None = None, unset: bool = False,
-                default_note: Callable[[str, Any], str] | None = None) -> dict[str, argparse._ActionsContainer]:
-    """One flag per option field of ``cls`` on ``parser``, in groups (``group``, or the field's own).
+                default_note: Callable[[str, Any], str] | None = None,
+                helps: Mapping[str, str] | None = None) -> dict[str, argparse._ActionsContainer]:
+    """One flag per option field of ``cls`` on ``parser`` (a parser or an argument group), in groups (``group``,
+    or the field's own).
 
-    ``defaults`` overrides a field's default for these flags. ``unset=True`` gives every flag the default
-    ``None`` so that the caller can tell an explicit flag from an absent one (layered settings); the help then
-    ends with ``(default ...)`` from the dataclass, or ``default_note(name, default)`` when given. Returns the
-    argument groups made, by title."""
+    ``defaults`` overrides a field's default for these flags, ``helps`` its help text. ``unset=True`` gives every
+    flag the default ``None`` so that the caller can tell an explicit flag from an absent one (layered settings);
+    the help then ends with ``(default ...)`` from the dataclass, or ``default_note(name, default)`` when given.
+    Returns the argument groups made, by title."""
     skip = set(skip)
     defaults = dict(defaults or {})
     groups: dict[str, argparse._ActionsContainer] = {}
@@ -110,6 +112,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, group: str | None = Non
         default = defaults.get(f.name, _field_default(f))
         tp = _base_type(_annotation(cls, f.name))
         text = opt.help() if callable(opt.help) else opt.help
+        text = (helps or {}).get(f.name, text)
         kw: dict[str, Any] = {"dest": f.name, "help": text}
         if tp is bool and opt.type is None:
             kw.update(action="store_true", default=None if unset else bool(default))
@@ -211,3 +214,36 @@ def check_mapping(cls, data, source: str, *, aliases: Mapping[str, str] | None =
             known = ", ".join(sorted(names)) + (f" (and {', '.join(sorted(ignore))})" if ignore else "")
             raise cli.UserError(f"{source}: unknown setting {key!r}; the settings are {known}")
     return out
+
+
+# ------------------------------------------------------------------------------ data and output settings
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """Where the user's data is and where derived data files go (every stage's ``data`` flags)."""
+
+    data_root: Path = option(cli.DEFAULT_DATA_ROOT, "dataset root holding data/{guid}.jpg|.txt, train.txt and "
+                             "test_without_label.txt (never modified)")
+    work_dir: Path | None = option(None, "where phase 0 writes train_cleaned.txt, data_audit.csv, "
+                                   "data_inventory.csv and splits/, and where later phases read them (default: the "
+                                   "project's dataset/ folder, even when --data-root points elsewhere)",
+                                   type=cli.output_dir)
+    split: str = option("default", "name of the persisted split in <work-dir>/splits/<name>.csv (phase 0 writes "
+                        "'default' and, with --folds K, 'cv{K}-0' ... 'cv{K}-{K-1}')")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputDirs:
+    """Where a stage writes its tables and run folders, and its figures."""
+
+    results_dir: Path = option(None, "where tables and runs go")
+    figures_dir: Path = option(None, "where the figures go")
+
+
+def add_output_dirs(group, stage_dir: Path, results: str | None = None, figures: str | None = None,
+                    order: Sequence[str] = ("results_dir", "figures_dir")) -> None:
+    """``--results-dir`` and ``--figures-dir`` (:class:`OutputDirs`) on ``group``, defaulting to ``stage_dir``'s
+    ``results/`` and ``figures/``; ``results`` / ``figures`` say what goes there."""
+    helps = {k: v for k, v in (("results_dir", results), ("figures_dir", figures)) if v}
+    defaults = {"results_dir": Path(stage_dir) / "results", "figures_dir": Path(stage_dir) / "figures"}
+    for name in order:
+        add_options(group, OutputDirs, skip=[k for k in defaults if k != name], defaults=defaults, helps=helps)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from msa import cli, data_summary, stamp
+from msa.config import add_output_dirs
 from msa.io import write_json, write_text
 from msa.splits import load_split, split_path
 
@@ -27,9 +28,8 @@ PHASE_DIR = Path(__file__).resolve().parent
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
     cli.add_data_args(p)
-    p.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the PNG figures go")
-    p.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results",
-                   help="where data_summary.md and summary.json go")
+    add_output_dirs(p, PHASE_DIR, "where data_summary.md and summary.json go", "where the PNG figures go",
+                    order=("figures_dir", "results_dir"))
     stamp.add_force_arg(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

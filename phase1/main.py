@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from msa import cli, stamp
+from msa.config import add_output_dirs
 
 PHASE_DIR = Path(__file__).resolve().parent
 
@@ -38,8 +39,7 @@ def build_parser() -> cli.ArgumentParser:
     o = p.add_argument_group("features and output")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
-    o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where run folders go")
-    o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where summary figures go")
+    add_output_dirs(o, PHASE_DIR, "where run folders go", "where summary figures go")
     o.add_argument("--no-probe", action="store_true", help="skip the logistic-regression reference probe")
     stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")

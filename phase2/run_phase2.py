@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from msa import cli, stamp
+from msa.config import add_output_dirs
 
 PHASE_DIR = Path(__file__).resolve().parent
 
@@ -40,8 +41,7 @@ def build_parser() -> cli.ArgumentParser:
                    help="training processes in parallel (one torch thread each)")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
-    o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
-    o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the chart goes")
+    add_output_dirs(o, PHASE_DIR, "where tables and runs go", "where the chart goes")
     stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from msa import cli, stamp
+from msa.config import add_output_dirs
 
 log = logging.getLogger("phase2.search")
 PHASE_DIR = Path(__file__).resolve().parent
@@ -60,8 +61,7 @@ def build_parser() -> cli.ArgumentParser:
     add_training_args(p, seeds="42,43", resume=False)
     o = p.add_argument_group("output")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
-    o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where the trial table goes")
-    o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where Optuna's plots go")
+    add_output_dirs(o, PHASE_DIR, "where the trial table goes", "where Optuna's plots go")
     stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

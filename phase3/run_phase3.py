@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from msa import cli, stamp
+from msa.config import add_output_dirs
 from msa.imbalance import DEFAULT_SAMPLERS, SELECT_METRICS
 
 PHASE_DIR = Path(__file__).resolve().parent
@@ -69,8 +70,7 @@ def build_parser() -> cli.ArgumentParser:
     o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
     o.add_argument("--reliability-bins", type=cli.positive_int, default=15,
                    help="equal-width confidence bins of the reliability diagrams (the ECE uses 15)")
-    o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where tables and runs go")
-    o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the figures go")
+    add_output_dirs(o, PHASE_DIR, "where tables and runs go", "where the figures go")
     stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from msa import cli, stamp
+from msa.config import add_output_dirs
 
 PHASE_DIR = Path(__file__).resolve().parent
 
@@ -83,8 +84,7 @@ def build_parser() -> cli.ArgumentParser:
                         "phase1's), 'none', or a run folder / metrics.json path")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features",
                    help="feature and embedding cache folder")
-    o.add_argument("--results-dir", type=Path, default=PHASE_DIR / "results", help="where the tables go")
-    o.add_argument("--figures-dir", type=Path, default=PHASE_DIR / "figures", help="where the figure goes")
+    add_output_dirs(o, PHASE_DIR, "where the tables go", "where the figure goes")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     stamp.add_force_arg(o)
     return p

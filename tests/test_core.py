@@ -167,3 +167,22 @@ def test_run_folder_layout(tmp_path):
     run = RunFolder(tmp_path / "r")
     assert run.checkpoint == tmp_path / "r" / "checkpoint" and run.config.name == "config.json"
     assert RunFolder.of_checkpoint(run.checkpoint) == run
+
+
+def test_data_and_output_flags_come_from_their_dataclasses(tmp_path):
+    from pathlib import Path
+
+    from msa.config import DataSettings, OutputDirs, add_output_dirs
+
+    p = cli.ArgumentParser()
+    cli.add_data_args(p)
+    o = p.add_argument_group("output")
+    add_output_dirs(o, tmp_path / "phaseX", "where the tables go")
+    ns = p.parse_args(["--split", "cv5-2"])
+    assert from_args(DataSettings, ns) == DataSettings(split="cv5-2")
+    assert from_args(OutputDirs, ns) == OutputDirs(tmp_path / "phaseX" / "results", tmp_path / "phaseX" / "figures")
+    assert isinstance(p.parse_args(["--results-dir", "r"]).results_dir, Path)
+    assert "where the tables go" in p.format_help() and "where the figures go" in p.format_help()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--work-dir", str(tmp_path / "file")])  # a file is not a work folder
