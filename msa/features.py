@@ -195,12 +195,16 @@ def _lookup(store: FeatureStore, keys: list[str], tokens: bool):
 
 
 def _keep(store: FeatureStore, key: str, rows: list[int], vec: torch.Tensor, seq: torch.Tensor | None,
-          pooled: list, toks: list) -> None:
+          pooled: list, toks: list | None) -> None:
+    """Cache ``vec`` (and ``seq``) under ``key`` and fill ``rows`` of the results (``toks`` None: tokens are cached
+    for a later stage but not returned)."""
     store.save(key, vec)
     if seq is not None:
         store.save(key, seq, "tokens")
     for i in rows:
-        pooled[i], toks[i] = vec, seq
+        pooled[i] = vec
+        if toks is not None:
+            toks[i] = seq
 
 
 @torch.inference_mode()
@@ -213,8 +217,10 @@ def text_features(backbone, texts: list[str], store: FeatureStore, keys: list[st
     for chunk in _batches(order, batch_size):
         p, t, m = backbone(**backbone.tokenize([texts[unique[k][0]] for k in chunk]))
         for j, key in enumerate(chunk):
-            seq = t[j][m[j]].to(torch.float16).clone() if tokens else None
-            _keep(store, key, unique[key], p[j].float().clone(), seq, pooled, toks)
+            # the token vectors come with every forward pass: cached even when not asked for, so that a later
+            # stage with a token fusion (phase 2's grid) reads them instead of encoding every text again
+            seq = t[j][m[j]].to(torch.float16).clone()
+            _keep(store, key, unique[key], p[j].float().clone(), seq, pooled, toks if tokens else None)
         bar.update(len(chunk))
     bar.close()
     return pooled, (toks if tokens else None), len(order)

@@ -87,6 +87,20 @@ def test_second_run_is_served_from_the_cache(data):
         assert torch.equal(a.pooled[m], b.pooled[m]) and a.pooled[m].shape[0] == len(guids)
 
 
+def test_token_vectors_are_cached_for_a_later_token_fusion(data):
+    """Phase 1 (pooled vectors only) caches the text's token vectors too, so that phase 2's token fusions encode no
+    text again (the cold run encoded 3,287 texts twice); the pooled-only result holds no token tensors."""
+    data_dir, guids, cache = data
+    first = extract_features(guids, data_dir, FakeText(), None, cache, progress=False)
+    assert first.tokens.get("text") is None
+    tb = FakeText()
+    again = extract_features(guids, data_dir, tb, None, cache, tokens=["text"], progress=False)
+    assert again.stats["text"]["computed"] == 0 and not tb.seen
+    fresh = extract_features(guids, data_dir, FakeText(), None, cache.parent / "fresh", tokens=["text"],
+                             progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(again.tokens["text"], fresh.tokens["text"], strict=True))
+
+
 def test_a_changed_file_recomputes_only_that_entry(data):
     data_dir, guids, cache = data
     extract_features(guids, data_dir, FakeText(), FakeImage(), cache, progress=False)
