@@ -212,7 +212,7 @@ def ablation_features(plan: Plan, data, data_dir: Path, cache_dir: Path, batch_s
     from msa.predict import backbones_for
 
     model = plan.model
-    tb, ib = backbones_for(model.config)
+    tb, ib = backbones_for(model.config, cache_dir)
     fs = labelled_features(data_dir, data.guids, tb, ib, cache_dir, plan.tokens, batch_size)
     for c, cfg in zip(model.checkpoints, model.configs):
         if cfg.get("side_features") != plan.side:

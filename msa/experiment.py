@@ -91,9 +91,16 @@ def token_modalities(fusion: str) -> list[str]:
     return ["text"] if getattr(FUSIONS[fusion], "requires_tokens", False) else []
 
 
-def load_backbones(text: str | None, image: str | None, text_pooling: str | None = None):
-    from msa.backbones import image_backbone, text_backbone
+def load_backbones(text: str | None, image: str | None, text_pooling: str | None = None,
+                   cache_dir: Path | None = None):
+    """The frozen text and image backbones (None where a name is None). With the feature cache ``cache_dir``,
+    backbones it has seen before load only when a feature has to be computed (:func:`msa.backbones.cached_backbone`):
+    a stage whose features are all cached loads no weights."""
+    from msa.backbones import cached_backbone, image_backbone, text_backbone
 
+    if cache_dir is not None:
+        return ((cached_backbone("text", text, cache_dir, pooling=text_pooling) if text else None),
+                (cached_backbone("image", image, cache_dir) if image else None))
     return (text_backbone(text, text_pooling) if text else None), (image_backbone(image) if image else None)
 
 
@@ -106,7 +113,11 @@ def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache
 
     fs = extract_features(guids, data_dir, text_bb, image_bb, cache_dir, tokens=tokens, batch_size=batch_size)
     for m, s in fs.stats.items():
-        log.info("%s features: %d of %d computed, rest from cache %s", m, s["computed"], s["total"], cache_dir)
+        if s.get("members"):  # a backbone group: each member has its own cache entries
+            log.info("%s features: %s of %d computed, rest from cache %s", m,
+                     " + ".join(f"{n} {c}" for n, c in s["members"].items()), s["total"], cache_dir)
+        else:
+            log.info("%s features: %d of %d computed, rest from cache %s", m, s["computed"], s["total"], cache_dir)
     return side_mod.attach(fs, side_mod.compute(side, guids, data_dir, cache_dir))
 
 

@@ -354,7 +354,8 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
             fs.pooled[m] = torch.cat([p.pooled[m] for p in parts], dim=1)
             fs.backbones[m] = _info_dict(group.info)
             fs.stats[m] = {"computed": sum(p.stats[m]["computed"] for p in parts),
-                           "corrupt": sum(p.stats[m]["corrupt"] for p in parts), "total": len(guids)}
+                           "corrupt": sum(p.stats[m]["corrupt"] for p in parts), "total": len(guids),
+                           "members": {bb.info.name: p.stats[m]["computed"] for bb, p in zip(group.members, parts)}}
         order = [m for m in ("text", "image") if m in fs.pooled]
         return FeatureSet(guids=guids, pooled={m: fs.pooled[m] for m in order}, tokens=fs.tokens,
                           backbones={m: fs.backbones[m] for m in order}, stats=fs.stats)

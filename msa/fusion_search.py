@@ -40,7 +40,7 @@ def grid_features(s: dict, fusions: list[str], data, data_dir: Path, cache_dir: 
     """The features of every labelled post, with the token sequences any of ``fusions`` needs."""
     from msa.experiment import labelled_features, load_backbones, token_modalities
 
-    tb, ib = load_backbones(s.text_backbone, s.image_backbone, s.text_pooling)
+    tb, ib = load_backbones(s.text_backbone, s.image_backbone, s.text_pooling, cache_dir)
     tokens = sorted({m for f in fusions for m in token_modalities(f)})
     return labelled_features(data_dir, data.guids, tb, ib, cache_dir, tokens, batch_size, side=s.side_features)
 
@@ -199,7 +199,7 @@ def worker(args, base: Settings, storage_url: str, n_trials: int, worker_id: int
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # an over-budget trial is an expected FAIL
     seeds = parse_seeds(args.seeds)
     data = load_labelled(cli.work_dir(args), args.split)
-    tb, ib = load_backbones(base.text_backbone, base.image_backbone, base.text_pooling)
+    tb, ib = load_backbones(base.text_backbone, base.image_backbone, base.text_pooling, args.cache_dir)
     fusions = list(FUSIONS) if args.search_fusion else [base.feature_fusion]
     tokens = sorted({m for f in fusions for m in token_modalities(f)})
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,

@@ -186,7 +186,7 @@ def grid_features(s: dict, data, data_dir: Path, cache_dir: Path, batch_size: in
     """The features of every labelled post, with the token sequences the fusion needs and the side features."""
     from msa.experiment import labelled_features, load_backbones, token_modalities
 
-    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
+    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"], cache_dir)
     return labelled_features(data_dir, data.guids, tb, ib, cache_dir, token_modalities(s["feature_fusion"]),
                              batch_size, side=s["side_features"])
 

@@ -65,8 +65,10 @@ def remove_stale_exports(folder: Path, older_than: float = STALE_TEMP_SECONDS) -
 
 def fast_image_forward(backbone, cache_dir: str | Path) -> Callable[[torch.Tensor], tuple]:
     """A function ``pixel_values -> (pooled, patches)`` equal to ``backbone(...)``, in onnxruntime when possible."""
-    from msa.backbones import TimmImageBackbone
+    from msa.backbones import LazyBackbone, TimmImageBackbone
 
+    if isinstance(backbone, LazyBackbone):  # about to compute: load it
+        backbone = backbone.materialise()
     if not isinstance(backbone, TimmImageBackbone) or next(backbone.parameters()).device.type != "cpu":
         return backbone
     try:

@@ -28,7 +28,7 @@ def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Pa
     from msa.features import extract_features, with_image_view
     from msa.trainer import predict_rows
 
-    tb, ib = backbones_for(members[0][1])
+    tb, ib = backbones_for(members[0][1], cache_dir)
     token_mods = sorted({m for _, c in members for m in c.get("token_modalities", [])})
     fs = extract_features(guids, data_dir, tb, ib, cache_dir, tokens=token_mods, batch_size=batch_size,
                           progress=progress, check_files=check_files)
@@ -140,18 +140,26 @@ def default_checkpoint() -> Path:
     return found[-1].parent
 
 
-def backbones_for(config: dict):
-    """Rebuild the backbones a checkpoint was trained on and refuse any whose weights differ."""
-    from msa.backbones import image_backbone, text_backbone
+def backbones_for(config: dict, cache_dir: Path | None = None):
+    """Rebuild the backbones a checkpoint was trained on and refuse any whose weights differ. With the feature
+    cache ``cache_dir``, they load only when a feature has to be computed (:func:`msa.backbones.cached_backbone`)."""
+    from functools import partial
+
+    from msa.backbones import cached_backbone, image_backbone, recorded_text_precision, text_backbone
 
     built = {}
-    for modality, loader in (("text", text_backbone), ("image", image_backbone)):
+    loaders = ((("text", text_backbone), ("image", image_backbone)) if cache_dir is None else
+               (("text", partial(cached_backbone, "text", cache_dir=cache_dir)),
+                ("image", partial(cached_backbone, "image", cache_dir=cache_dir))))
+    for modality, loader in loaders:
         info = config.get("backbones", {}).get(modality)
         if info is None:
             built[modality] = None
             continue
         pre = info.get("preprocessing", {})
-        kw = {"pooling": pre.get("pooling"), "max_length": pre.get("max_length")} if modality == "text" else {}
+        # text: in the precision the training features were computed in (its cache key)
+        kw = ({"pooling": pre.get("pooling"), "max_length": pre.get("max_length"),
+               "precision": recorded_text_precision(info)} if modality == "text" else {})
         bb = loader(info["name"], **{k: v for k, v in kw.items() if v})
         if bb.info.weights_sha256 != info["weights_sha256"] or bb.info.key() != info["key"]:
             raise UserError(

@@ -233,7 +233,7 @@ def fallback_features(args, data, data_dir: Path):
 
     from msa.experiment import labelled_features, load_backbones
 
-    tb, ib = load_backbones(*FALLBACK_BACKBONES)
+    tb, ib = load_backbones(*FALLBACK_BACKBONES, cache_dir=args.cache_dir)
     fs = labelled_features(data_dir, data.guids, tb, ib, args.cache_dir, batch_size=args.batch_size)
     img = torch.nn.functional.normalize(fs.pooled["image"].float(), dim=-1)
     txt = torch.nn.functional.normalize(fs.pooled["text"].float(), dim=-1)

@@ -314,7 +314,7 @@ def feature_views(s: dict, variants: dict, guids: list[str], args) -> tuple[dict
     from msa.features import extract_features, with_image_view
 
     fusions = {s.replace(**ov).feature_fusion for ov, _ in variants.values()}
-    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"])
+    tb, ib = load_backbones(s["text_backbone"], s["image_backbone"], s["text_pooling"], args.cache_dir)
     token_mods = sorted({m for f in fusions for m in token_modalities(f)})
     data_dir = Path(args.data_root) / "data"
     fs = labelled_features(data_dir, guids, tb, ib, args.cache_dir, token_mods, args.feature_batch_size)

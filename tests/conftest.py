@@ -12,6 +12,10 @@ from msa.synthetic import add_faulty_samples, make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The suite checks exact float32 results (sentence-transformers equivalence, resume = uninterrupted run, ...):
+# text encoders run in float32 unless a test asks for bf16 (tests/test_backbones.py covers the bf16 path).
+os.environ["MSA_TEXT_PRECISION"] = "fp32"
+
 #: the fast tier (`make test-fast`, `pytest -m "not slow"`): unit tests of the library, well under a minute;
 #: every other test file runs phases, tasks, the demo or the real data end to end and is marked slow
 FAST_FILES = frozenset({

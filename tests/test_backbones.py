@@ -95,6 +95,41 @@ def test_minilm_is_sentence_transformers_before_normalisation(minilm):
     torch.testing.assert_close(ours, expected.cpu(), atol=1e-5, rtol=0)
 
 
+def test_bf16_text_precision_stays_within_the_tolerance_and_has_its_own_cache_key(minilm):
+    """bf16 (autocast) is the fast path on CPUs with native bfloat16: every pooled row within cosine 0.999 of the
+    float32 one, float32 outputs, a cache key of its own (fp32 keeps the earlier key)."""
+    fast = bb.text_backbone("minilm", precision="bf16")
+    assert fast.precision == "bf16" and minilm.precision == "fp32"
+    assert fast.info.preprocessing == {**minilm.info.preprocessing, "precision": "bf16"}
+    assert "precision" not in minilm.info.preprocessing and fast.info.key() != minilm.info.key()
+    texts = ["I love this!", "What a terrible, awful, no-good day at the office today.", "meh #monday",
+             "so proud of my team, they won the cup tonight"]
+    pooled, tokens, _ = fast(**fast.tokenize(texts))
+    ref, ref_tokens, _ = minilm(**minilm.tokenize(texts))
+    assert pooled.dtype == torch.float32 and tokens.dtype == torch.float32
+    assert not torch.equal(pooled, ref)  # it did compute in bfloat16
+    assert torch.nn.functional.cosine_similarity(pooled, ref, dim=1).min() >= 0.999
+    assert bb.recorded_text_precision(fast.info.as_dict()) == "bf16"
+    assert bb.recorded_text_precision(minilm.info.as_dict()) == "fp32"
+    assert bb.recorded_text_precision({"preprocessing": {"members": [fast.info.as_dict()]}}) == "bf16"
+    fast.unfreeze()  # fine-tuning runs in float32
+    torch.testing.assert_close(fast(**fast.tokenize(texts))[0], ref.detach(), atol=1e-5, rtol=0)
+
+
+def test_text_precision_resolution(monkeypatch):
+    monkeypatch.setenv(bb.PRECISION_ENV, "bf16")
+    assert bb.resolve_text_precision() == "bf16" and bb.resolve_text_precision("fp32") == "fp32"
+    monkeypatch.setenv(bb.PRECISION_ENV, "auto")
+    assert bb.resolve_text_precision() == ("bf16" if bb.native_bf16() else "fp32")
+    monkeypatch.setattr(bb, "native_bf16", lambda: False)
+    assert bb.resolve_text_precision() == "fp32" and bb.resolve_text_precision("auto") == "fp32"
+    monkeypatch.setenv(bb.PRECISION_ENV, "half")
+    with pytest.raises(bb.BackboneError, match="MSA_TEXT_PRECISION"):
+        bb.resolve_text_precision()
+    with pytest.raises(bb.BackboneError, match="unknown text precision 'int8'"):
+        bb.text_backbone("minilm", precision="int8")
+
+
 # -------------------------------------------------------------------------------------- efficientnet
 
 def test_efficientnet_shapes_preprocessing_and_classes(effnet):
@@ -317,3 +352,14 @@ def test_download_script_fails_cleanly_without_the_hub(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: could not reach the Hugging Face hub"), out.stderr
     assert "by hand" in lines[0] and "Traceback" not in out.stderr
     assert not (tmp_path / "models" / "bert-base-uncased" / "config.json").exists()
+
+
+def test_predict_rebuilds_the_text_backbone_in_the_precision_it_was_trained_with(minilm):
+    """A checkpoint trained on bf16 features gets bf16 test features, whatever this process's default is."""
+    from msa.predict import backbones_for
+
+    fast = bb.text_backbone("minilm", precision="bf16")
+    text, image = backbones_for({"backbones": {"text": fast.info.as_dict()}})
+    assert image is None and text.precision == "bf16" and text.info.key() == fast.info.key()
+    text, _ = backbones_for({"backbones": {"text": minilm.info.as_dict()}})
+    assert text.precision == "fp32" and text.info.key() == minilm.info.key()

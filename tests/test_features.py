@@ -229,3 +229,60 @@ def test_prefetch_keeps_order_and_reraises_a_workers_error():
             got.append(value)
     assert got == [0, 10, 20, 30, 40]
     assert 1 <= default_decode_workers() <= 4
+
+
+def test_cached_backbones_load_only_when_a_feature_must_be_computed(data, monkeypatch):
+    """A phase whose features are all cached loads no weights: the info memo of the cache says what the backbone
+    is. A post that is not cached loads it, and its features are the eager backbone's; the ONNX image path stays."""
+    from msa import backbones as bb
+    from msa.experiment import load_backbones
+
+    data_dir, guids, cache = data
+    first_t, first_i = load_backbones("minilm", "efficientnet_lite0", None, cache)
+    assert not isinstance(first_t, bb.LazyBackbone) and not isinstance(first_i, bb.LazyBackbone)
+    assert len(list((cache / bb.INFO_MEMO_DIR).glob("*.json"))) == 2
+    a = extract_features(guids[:30], data_dir, first_t, first_i, cache, progress=False)
+
+    calls = []
+    real = bb.text_backbone
+    monkeypatch.setattr(bb, "text_backbone", lambda *a, **k: calls.append(a) or real(*a, **k))
+    tb, ib = load_backbones("minilm", "efficientnet_lite0", None, cache)
+    assert isinstance(tb, bb.LazyBackbone) and isinstance(ib, bb.LazyBackbone)
+    assert tb.info.key() == first_t.info.key() and ib.info.as_dict() == first_i.info.as_dict()
+    b = extract_features(guids[:30], data_dir, tb, ib, cache, progress=False)
+    assert not tb.loaded and not ib.loaded and not calls  # all cached: nothing loaded
+    assert all(torch.equal(a.pooled[m], b.pooled[m]) for m in ("text", "image"))
+
+    c = extract_features(guids, data_dir, tb, ib, cache, progress=False)  # 10 posts not cached yet
+    assert tb.loaded and ib.loaded and c.stats["text"]["computed"] > 0 and c.stats["image"]["computed"] > 0
+    assert list((cache / "onnx").glob("*.onnx")), "a lazy image backbone must still take the onnxruntime path"
+    eager = extract_features(guids, data_dir, real("minilm"), bb.image_backbone("efficientnet_lite0"),
+                             cache.parent / "eager", progress=False)
+    for m in ("text", "image"):
+        torch.testing.assert_close(c.pooled[m], eager.pooled[m], atol=1e-4, rtol=0)
+
+    pair = load_backbones("minilm", None, None, cache)[0]
+    assert isinstance(pair, bb.LazyBackbone) and pair.tokenize(["hi"])["input_ids"].shape[0] == 1 and pair.loaded
+
+
+def test_a_changed_model_folder_is_loaded_again_not_taken_from_the_memo(tmp_path):
+    from msa import backbones as bb
+    from tests.tiny_models import tiny_bert
+
+    folder = tiny_bert(tmp_path / "bert")
+    cache = tmp_path / "cache"
+    first = bb.cached_backbone("text", str(folder), cache)
+    assert isinstance(bb.cached_backbone("text", str(folder), cache), bb.LazyBackbone)
+    assert not isinstance(bb.cached_backbone("text", str(folder), cache, pooling="cls"), bb.LazyBackbone)
+    weights = folder / "model.safetensors"
+    st = weights.stat()
+    import os
+
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the weights were replaced
+    again = bb.cached_backbone("text", str(folder), cache)
+    assert not isinstance(again, bb.LazyBackbone) and again.info.key() == first.info.key()
+    group = bb.cached_backbone("text", f"{folder}+minilm", cache)
+    assert isinstance(group, bb.BackboneGroup) and isinstance(group.members[0], bb.LazyBackbone)
+    assert group.info.dim == first.info.dim + 384
+    with pytest.raises(bb.BackboneError, match="does not exist"):
+        bb.cached_backbone("text", str(tmp_path / "nowhere"), cache)

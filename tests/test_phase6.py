@@ -262,6 +262,9 @@ def test_fit_logreg_cv_picks_the_best_mean_cv_score_and_is_seeded():
     assert all(len(r["folds"]) == 3 for r in fit.cv)
     again = probes.fit_logreg_cv(x, y, cs=[10.0, 1e-4, 1.0], folds=3, seed=3)
     assert again.cv == fit.cv and np.allclose(again.predict_proba(x), fit.predict_proba(x))
+    # folds fitted in parallel threads give exactly the scores of one after the other
+    for threads in (1, 3):
+        assert probes.fit_logreg_cv(x, y, cs=[10.0, 1e-4, 1.0], folds=3, seed=3, n_threads=threads).cv == fit.cv
 
 
 def test_bad_flags_are_one_line_errors(setup, capsys):
