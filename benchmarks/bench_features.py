@@ -43,6 +43,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--decode-workers", type=cli.non_negative_int, default=None,
                    help="background image-decoding threads (default: one per spare core, at most 4; 0 = inline)")
     p.add_argument("--threads", type=cli.non_negative_int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--overlap", action="store_true",
+                   help="also time one cold pass of both modalities at once (text and image in two lanes, as the "
+                        "pipeline extracts them) against the one-after-the-other passes above")
     p.add_argument("--each", default="", metavar="LIST",
                    help="also time each of these backbones alone (comma-separated text or image names/folders)")
     return p
@@ -62,6 +65,13 @@ def main(argv=None) -> int:
             _compare_image_passes(guids, args, ib, t_text)
         t_image = _timed(guids, args, None, ib, cache, tokens=args.tokens, decode_workers=args.decode_workers)
         t_warm = _timed(guids, args, tb, ib, cache, tokens=args.tokens)
+    if args.overlap:
+        with tempfile.TemporaryDirectory() as both_cache:
+            extract_features(guids[:2], args.data_root / "data", None, ib, both_cache, batch_size=2,
+                             progress=False)  # the ONNX export first, as in the separate image pass's steady state
+            t_both = _timed(guids, args, tb, ib, both_cache, tokens=args.tokens)
+        print(f"both modalities at once (two lanes) {t_both:.2f}s against {t_text + t_image:.2f}s one after the "
+              f"other: {(t_text + t_image) / t_both:.2f}x; pairs_per_s={len(guids) / t_both:.1f}")
     for name in [n.strip() for n in args.each.split(",") if n.strip()]:
         _time_one_backbone(name, guids, args)
     _print_summary(len(guids), args, t_load, t_text, t_image, t_warm)

@@ -337,14 +337,14 @@ def retrain(plan: Plan, fs, data, runs_dir: Path, record: dict, jobs: int, resum
     import pandas as pd
 
     from msa.ablation import only, unimodal_fusion
-    from msa.experiment import RunSpec, run_grid
+    from msa.experiment import RunSpec, run_groups
 
     rec, seeds = plan.recipe, plan.seeds
     s = rec["settings"]
     uni = unimodal_fusion(s["feature_fusion"])
     mixed = _mixed_precision(rec)
     base_record = {**record, "seeds": ",".join(map(str, seeds))}
-    results, rows = [], []
+    groups, meta = {}, {}
     for kind, mods in plan.retrain:
         name = retrained_name(kind)
         fusion = s["feature_fusion"] if len([m for m in mods if m != "side"]) > 1 else uni
@@ -355,7 +355,12 @@ def retrain(plan: Plan, fs, data, runs_dir: Path, record: dict, jobs: int, resum
                                  "checkpoint": str(plan.model.checkpoint)}}
         specs = [RunSpec(runs_dir / f"{kind}-s{seed}", settings, seed, loss_kw=rec["loss_kw"], light=False,
                          tag=kind, mixed_precision=mixed, resume=resume) for seed in seeds]
-        out = run_grid(specs, only(fs, mods), data, jobs=jobs, record=rec_kind, desc=f"phase 5 {name} x seed")
+        groups[kind] = (specs, only(fs, mods), data, rec_kind)
+        meta[kind] = (name, mods, fusion)
+    outs = run_groups(groups, jobs=jobs, desc="phase 5 model x seed")  # one pool for every model
+    results, rows = [], []
+    for kind, (name, mods, fusion) in meta.items():
+        out = outs[kind]
         results += [{"model": name, "modalities": "+".join(mods), "fusion": fusion, **r} for r in out]
         note = f"seeds {', '.join(map(str, seeds))}"
         if fusion != s["feature_fusion"]:

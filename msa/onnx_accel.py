@@ -63,8 +63,9 @@ def remove_stale_exports(folder: Path, older_than: float = STALE_TEMP_SECONDS) -
     return n
 
 
-def fast_image_forward(backbone, cache_dir: str | Path) -> Callable[[torch.Tensor], tuple]:
-    """A function ``pixel_values -> (pooled, patches)`` equal to ``backbone(...)``, in onnxruntime when possible."""
+def fast_image_forward(backbone, cache_dir: str | Path, threads: int | None = None) -> Callable[[torch.Tensor], tuple]:
+    """A function ``pixel_values -> (pooled, patches)`` equal to ``backbone(...)``, in onnxruntime when possible,
+    with ``threads`` intra-op threads (default: torch's)."""
     from msa.backbones import LazyBackbone, TimmImageBackbone
 
     if isinstance(backbone, LazyBackbone):  # about to compute: load it
@@ -78,7 +79,7 @@ def fast_image_forward(backbone, cache_dir: str | Path) -> Callable[[torch.Tenso
     path = Path(cache_dir) / "onnx" / f"{backbone.info.key()}.onnx"
     remove_stale_exports(path.parent)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, torch.get_num_threads())
+    opts.intra_op_num_threads = max(1, int(threads) if threads else torch.get_num_threads())
     opts.log_severity_level = 3
     for attempt in range(2):
         try:

@@ -127,16 +127,16 @@ def score_rows(ckpt: Path, views: dict, rows) -> dict:
 def train_variant(name: str, settings: dict, loss_kw: dict, fs, folds: list[dict], seeds: list[int], args,
                   record: dict) -> dict:
     """Train one configuration on every fold and seed; returns {fold: {seed: checkpoint dir}}."""
-    from msa.experiment import RunSpec, run_grid
+    from msa.experiment import RunSpec, run_groups
 
-    out = {}
+    groups = {}
     for f in folds:
         specs = [RunSpec(args.results_dir / "runs" / name / f"fold{f['k']}-s{seed}", settings, seed, loss_kw=loss_kw,
                          light=False, tag=name, train_idx=f["inner_train"], val_idx=f["inner_val"],
                          resume=args.resume) for seed in seeds]
-        run_grid(specs, fs, f["data"], jobs=args.jobs, record=record, desc=f"final {name}, fold {f['k']} x seed")
-        out[f["k"]] = {sp.seed: sp.run_dir / "checkpoint" for sp in specs}
-    return out
+        groups[f["k"]] = (specs, fs, f["data"], record)
+    run_groups(groups, jobs=args.jobs, desc=f"final {name}, fold x seed")  # one pool for every fold
+    return {k: {sp.seed: sp.run_dir / "checkpoint" for sp in specs} for k, (specs, *_) in groups.items()}
 
 
 #: parts of the recipe that its own models can do with or without, at no training cost

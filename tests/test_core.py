@@ -132,6 +132,34 @@ def test_jobs_come_back_in_order_inline_and_in_processes():
             run_jobs(_square, [1, "boom"], {"offset": 0}, n_jobs=n, desc=None)
 
 
+def test_grids_of_several_groups_train_as_one_pool_with_each_groups_inputs(monkeypatch, tmp_path):
+    """run_groups: every spec trains on its own group's features, data and record; results per group in order."""
+    from types import SimpleNamespace
+
+    from msa import experiment
+
+    seen = []
+
+    def fake_train_run(run_dir, fs, data, *, args_record, train_cfg, **kw):
+        seen.append((run_dir.name, fs, data.name, args_record["group"], train_cfg.seed))
+        return {"metrics": {"weighted_f1": train_cfg.seed / 100 + len(data.name)}}
+
+    monkeypatch.setattr(experiment, "train_run", fake_train_run)
+    settings = Settings.from_dict({}, strict=False)
+    groups = {}
+    for name, seeds in (("a", [1, 2]), ("bb", [3])):
+        specs = [experiment.RunSpec(tmp_path / f"{name}-s{seed}", settings, seed, tag=name) for seed in seeds]
+        groups[name] = (specs, f"features-{name}", SimpleNamespace(name=name), {"group": name})
+    out = experiment.run_groups(groups, jobs=1, desc=None)
+    assert [r["seed"] for r in out["a"]] == [1, 2] and [r["seed"] for r in out["bb"]] == [3]
+    assert [r["weighted_f1"] for r in out["a"]] == [1.01, 1.02] and out["bb"][0]["tag"] == "bb"
+    assert seen == [("a-s1", "features-a", "a", "a", 1), ("a-s2", "features-a", "a", "a", 2),
+                    ("bb-s3", "features-bb", "bb", "bb", 3)]
+    single = experiment.run_grid(groups["a"][0], "features-a", SimpleNamespace(name="a"), record={"group": "a"},
+                                 desc=None)
+    assert single == out["a"]
+
+
 # ----------------------------------------------------------------------------------------------- records
 def _best(**kw):
     rec = dict(method="focal-none", seed=42, select_metric="weighted_f1", value=0.7, selected_by="mean",

@@ -286,3 +286,43 @@ def test_a_changed_model_folder_is_loaded_again_not_taken_from_the_memo(tmp_path
     assert group.info.dim == first.info.dim + 384
     with pytest.raises(bb.BackboneError, match="does not exist"):
         bb.cached_backbone("text", str(tmp_path / "nowhere"), cache)
+
+
+def test_text_and_image_extracted_at_once_give_the_sequential_features(data, monkeypatch):
+    """Two lanes (text and image at once, one thread each, a lane helping the other when its kind is done) give
+    bit-identical features to one modality after the other, and the cache serves them afterwards."""
+    from msa import features as feats
+    from msa.backbones import image_backbone, text_backbone
+
+    data_dir, guids, cache = data
+    tb, ib = text_backbone("minilm"), image_backbone("efficientnet_lite0")
+    lanes = []
+    real = feats._overlapped
+    monkeypatch.setattr(feats, "_cores", lambda: 2)
+    monkeypatch.setattr(feats, "_overlapped", lambda *a: lanes.append(1) or real(*a))
+    seq = extract_features(guids, data_dir, tb, ib, cache.parent / "seq", tokens=["text"], progress=False,
+                           batch_size=4, overlap=False)
+    assert not lanes
+    both = extract_features(guids, data_dir, tb, ib, cache, tokens=["text"], progress=False, batch_size=4)
+    assert lanes == [1] and both.stats["text"]["computed"] > 0 and both.stats["image"]["computed"] > 0
+    for m in ("text", "image"):
+        assert torch.equal(seq.pooled[m], both.pooled[m])
+    assert all(torch.equal(a, b) for a, b in zip(seq.tokens["text"], both.tokens["text"], strict=True))
+    again = extract_features(guids, data_dir, tb, ib, cache, progress=False)
+    assert again.stats["text"]["computed"] == again.stats["image"]["computed"] == 0 and lanes == [1]
+    assert torch.equal(again.pooled["image"], seq.pooled["image"])
+
+
+def test_a_failing_lane_is_an_error_of_the_caller(data, monkeypatch):
+    from msa import features as feats
+
+    data_dir, guids, cache = data
+    tb, ib = FakeText(), FakeImage()
+    monkeypatch.setattr(feats, "_cores", lambda: 2)
+
+    def broken(images):
+        raise RuntimeError("decoder exploded")
+
+    ib.preprocess = broken
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        extract_features(guids, data_dir, tb, ib, cache, progress=False, batch_size=4)
