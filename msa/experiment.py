@@ -123,8 +123,11 @@ def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache
 
 def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, loss: str, train_cfg, hidden: int,
               dropout: float, args_record: dict, loss_kw: dict | None = None, progress: bool = True,
-              light: bool = False, init_from: Path | None = None, resume: bool = False, settings=None) -> dict:
+              light: bool = False, init_from: Path | None = None, resume: bool = False, settings=None,
+              on_epoch=None) -> dict:
     """Train one model and write its run folder; returns the fit result plus ``metrics``.
+
+    ``on_epoch(row)`` is called after every epoch with its history row (a search's pruning: it may raise).
 
     ``init_from`` (a checkpoint folder) fine-tunes that model, and its loss state, instead of a new one; its
     architecture must fit these features (the fusion and hidden arguments are then taken from it).
@@ -156,7 +159,8 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(folder.config, config)
     result = fit(model, loss_fn, train_ds, val_ds, train_cfg, LABELS, run_dir=run_dir,
-                 checkpoint_config=None if light else ckpt_config, progress=progress, resume=resume)
+                 checkpoint_config=None if light else ckpt_config, progress=progress, resume=resume,
+                 on_epoch=on_epoch)
     metrics = dict(result["best_metrics"] or {})
     metrics.update(best_epoch=result["best_epoch"], epochs_run=len(result["history"]),
                    seconds=round(time.time() - t0, 2))

@@ -157,9 +157,25 @@ def over_budget(study, trial, n_trials: int) -> bool:
     return finished_count(study) + len(running_before) >= n_trials
 
 
+#: Optuna steps of a trial: epoch ``e`` of its first seed is step ``e`` (its best validation weighted F1 so far),
+#: the mean after seed ``k`` is step ``SEED_STEP + k``. A trial is pruned from epoch :data:`WARMUP_EPOCHS` of
+#: its first seed on, or after a seed, when it is below the median of the earlier trials at that step.
+SEED_STEP = 1000
+WARMUP_EPOCHS = 5
+
+
+def make_pruner():
+    """The search's pruner: the median rule after 5 trials, never before epoch :data:`WARMUP_EPOCHS`."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=WARMUP_EPOCHS)
+
+
 def make_objective(study, base: Settings, fs, data, seeds: list[int], runs_dir: Path, n_trials: int,
                    search_fusion: bool):
-    """Optuna's objective: the mean validation weighted F1 over ``seeds``, reported after each seed (pruning)."""
+    """Optuna's objective: the mean validation weighted F1 over ``seeds``. Hopeless trials are pruned early: during
+    the first seed, epoch by epoch (its best validation weighted F1 so far, from epoch :data:`WARMUP_EPOCHS`), and
+    after each seed but the last (the mean so far)."""
     import optuna
 
     from msa.experiment import train_run
@@ -170,14 +186,24 @@ def make_objective(study, base: Settings, fs, data, seeds: list[int], runs_dir: 
             raise OverBudget(f"trial {trial.number}: the study already has its {n_trials} trials")
         s = suggest(trial, base, search_fusion)
         scores = []
+        best_so_far = [-1.0]
+
+        def on_epoch(row: dict) -> None:  # the first seed's epochs
+            best_so_far[0] = max(best_so_far[0], float(row.get("weighted_f1", -1.0)))
+            trial.report(best_so_far[0], int(row["epoch"]))
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at", f"seed {seeds[0]}, epoch {int(row['epoch'])}")
+                raise optuna.TrialPruned()
+
         for step, seed in enumerate(seeds):
             res = train_run(runs_dir / f"trial{trial.number}-s{seed}", fs, data, fusion=s.feature_fusion,
                             loss=s.loss_type, train_cfg=s.train_config(seed), hidden=int(s.hidden),
                             dropout=float(s.dropout), args_record={"trial": trial.number, "settings": s.to_dict()},
-                            progress=False, light=True, settings=s)
+                            progress=False, light=True, settings=s, on_epoch=on_epoch if step == 0 else None)
             scores.append(res["metrics"]["weighted_f1"])
-            trial.report(sum(scores) / len(scores), step)
+            trial.report(sum(scores) / len(scores), SEED_STEP + step)
             if step < len(seeds) - 1 and trial.should_prune():
+                trial.set_user_attr("pruned_at", f"after seed {seed}")
                 raise optuna.TrialPruned()
         trial.set_user_attr("f1_neutral", res["metrics"]["f1_neutral"])
         return sum(scores) / len(scores)
@@ -204,7 +230,7 @@ def worker(args, base: Settings, storage_url: str, n_trials: int, worker_id: int
     tokens = sorted({m for f in fusions for m in token_modalities(f)})
     fs = labelled_features(Path(args.data_root) / "data", data.guids, tb, ib, args.cache_dir, tokens,
                            side=base.side_features)
-    study = optuna.load_study(study_name=args.study_name, storage=storage_url,
+    study = optuna.load_study(study_name=args.study_name, storage=storage_url, pruner=make_pruner(),
                               sampler=optuna.samplers.TPESampler(seed=args.sampler_seed + worker_id))
     objective = make_objective(study, base, fs, data, seeds, args.results_dir / "search_runs", n_trials,
                                args.search_fusion)
@@ -232,6 +258,23 @@ def run_workers(args, base: Settings, storage_url: str, done: int) -> None:
         run_jobs(_worker_job, list(range(args.jobs)), {"args": args, "base": base, "storage_url": storage_url,
                                                        "n_trials": args.n_trials},
                  n_jobs=args.jobs, threads=1, desc=None)
+
+
+def search_summary(out: dict, elapsed_s: float) -> str:
+    """search_summary.md: the search's budget, what stopped it, and what it found (the report shows it)."""
+    hs = out["hyperparameter_search"]
+    budget = hs["budget"]
+    limit = f"{budget['timeout_s']:g} s" if budget.get("timeout_s") else "none"
+    params = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in hs["params"].items())
+    return "\n".join([
+        "# Hyper-parameter search (Optuna)", "",
+        f"- Budget: {budget['n_trials']} finished trials, time limit {limit}; pruning: {budget['pruning']}.",
+        f"- Stopped by: {'the time limit' if budget['stopped_by'] == 'timeout' else 'the trial count'}, with "
+        f"{hs['finished_trials']} finished trials ({hs['pruned_trials']} pruned) in {elapsed_s:.0f} s this run "
+        f"({budget['trial_seconds']:.0f} s of trial time over all workers).",
+        f"- Found: trial {hs['best_trial']}, mean validation weighted F1 {hs['best_value']:.4f} ({out['selected_by']}): "
+        f"{params}.",
+        f"- Study `{hs['study']}` in `{hs['storage']}`; every trial in `search_trials.csv`.", ""])
 
 
 def open_study(storage_url: str, name: str, pruner, attempts: int = 6):
@@ -270,6 +313,14 @@ def searched_config(study, base: Settings, start: dict | None, args, storage_url
         "settings": settings.to_dict(), "hyperparameters": settings.hyperparameters,
         "hyperparameter_search": {"study": args.study_name, "storage": storage_url, "best_trial": best.number,
                                   "best_value": best.value, "finished_trials": len(finished),
-                                  "pruned_trials": len(finished) - len(complete), "params": best.params},
+                                  "pruned_trials": len(finished) - len(complete), "params": best.params,
+                                  "budget": {"n_trials": args.n_trials, "timeout_s": args.timeout,
+                                             "pruning": f"median of earlier trials, per epoch of the first seed "
+                                                        f"from epoch {WARMUP_EPOCHS} and after each seed",
+                                             "stopped_by": "timeout" if len(finished) < args.n_trials
+                                             else "n_trials",
+                                             "trial_seconds": round(sum(
+                                                 t.duration.total_seconds() for t in finished
+                                                 if t.duration is not None), 1)}},
     })
     return out, finished, complete

@@ -6,8 +6,11 @@ Run from the repository root after phase 0 (and usually after phase2/run_phase2.
     python phase2/search_hyperparam.py --data-root dataset/ --n-trials 50
     python phase2/search_hyperparam.py --search-fusion --n-trials 100 --jobs 2
 
-The objective is the mean validation weighted F1 over --seeds on the phase-0 split; after each seed the running
-mean is reported to Optuna, so unpromising trials are pruned early. The test file is never read.
+The objective is the mean validation weighted F1 over --seeds on the phase-0 split. Hopeless trials are pruned
+(median rule): epoch by epoch during the first seed (its best validation weighted F1 so far, from epoch 5 on) and
+after each seed but the last (the running mean). The test file is never read. The search is bounded by
+--n-trials and, optionally, a time budget (--timeout seconds: no trial starts after it); best_config.json and
+search_summary.md record the budget, what stopped the search and what it found.
 
 Storage is any SQLAlchemy database URL (--storage, default SQLite at phase2/results/optuna.db) and the study is
 named by --study-name, so an interrupted search resumes where it stopped: rerun the same command. --n-trials is
@@ -18,7 +21,8 @@ processes on one machine; --jobs N starts N local processes).
 
 Reads  <work-dir>/train_cleaned.txt, splits/<split>.csv, the feature cache, phase2/results/best_config.json
 Writes the study in --storage, phase2/results/best_config.json (updated with the best parameters and the
-       study that produced them), phase2/results/search_trials.csv, phase2/figures/optuna_history.png and
+       study that produced them, with its budget), phase2/results/search_trials.csv, search_summary.md (budget,
+       what stopped the search, what it found; shown in the report), phase2/figures/optuna_history.png and
        optuna_importance.png
 """
 
@@ -53,7 +57,8 @@ def build_parser() -> cli.ArgumentParser:
                    help="also search the fusion (default: keep the fusion of best_config.json, else concat)")
     s.add_argument("--jobs", type=cli.positive_int, default=2, help="local worker processes on the same study")
     s.add_argument("--timeout", type=cli.positive_float, default=None,
-                   help="stop starting new trials after this many seconds")
+                   help="time budget in seconds: no trial starts after it (the study then has fewer than "
+                        "--n-trials; best_config.json records the budget and what stopped the search)")
     s.add_argument("--best-config", type=Path, default=PHASE_DIR / "results" / "best_config.json",
                    help="best_config.json of the fusion search: the starting point, updated at the end")
     s.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
@@ -71,7 +76,7 @@ def main(argv=None) -> int:
     import optuna
 
     from msa import fusion_search as stage
-    from msa.io import write_csv, write_json
+    from msa.io import write_csv, write_json, write_text
     from msa.settings import resolve
 
     args = build_parser().parse_args(argv)
@@ -90,8 +95,7 @@ def main(argv=None) -> int:
         args.study_name = stage.default_study_name(inputs, base, args.search_fusion)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     storage_url = args.storage or f"sqlite:///{(args.results_dir / 'optuna.db').resolve()}"
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    study = stage.open_study(storage_url, args.study_name, pruner)
+    study = stage.open_study(storage_url, args.study_name, stage.make_pruner())
     done = stage.finished_count(study)
     print(f"study {args.study_name} in {storage_url}: {done} finished trials, target {args.n_trials}")
     t0 = time.time()
@@ -101,8 +105,9 @@ def main(argv=None) -> int:
     trials = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
     write_csv(args.results_dir / "search_trials.csv", trials)
     write_json(args.best_config, out)
+    summary = write_text(args.results_dir / "search_summary.md", stage.search_summary(out, time.time() - t0))
     plot_study(study, args.figures_dir)
-    stamp.write(stamp_path, inputs, [args.best_config])
+    stamp.write(stamp_path, inputs, [args.best_config, summary])
     best = study.best_trial
     print(f"{len(finished)} trials ({len(finished) - len(complete)} pruned) in {time.time() - t0:.1f}s this run; "
           f"best mean weighted F1 {best.value:.4f} (trial {best.number}): {best.params}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -79,6 +80,37 @@ def test_search_updates_best_config_and_resumes(searched, tmp_path):
     assert (searched["tmp"] / "figures" / "optuna_history.png").is_file()
     assert (searched["tmp"] / "figures" / "optuna_importance.png").is_file()
     assert len(pd.read_csv(res / "search_trials.csv")) >= 5
+    budget = json.loads((res / "best_config.json").read_text())["hyperparameter_search"]["budget"]
+    assert budget["n_trials"] == 5 and budget["timeout_s"] is None and budget["stopped_by"] == "n_trials"
+    summary = (res / "search_summary.md").read_text()
+    assert "Budget: 5 finished trials, time limit none" in summary and "Stopped by: the trial count" in summary
+
+
+def test_hopeless_trials_are_pruned_epoch_by_epoch_in_the_first_seed(searched, tmp_path):
+    """The first seed reports its best validation weighted F1 each epoch; a pruner that finds it hopeless stops the
+    trial there (not after the whole run), from the warm-up epoch on."""
+    import optuna
+
+    from msa import fusion_search as stage
+    from msa.experiment import labelled_features, load_backbones, load_labelled
+    from msa.settings import Settings
+
+    base_args = dict(zip(searched["base"][::2], searched["base"][1::2], strict=True))
+    data = load_labelled(Path(base_args["--work-dir"]), "default")
+    tb, ib = load_backbones(base_args["--text-backbone"], base_args["--image-backbone"])
+    fs = labelled_features(Path(base_args["--data-root"]) / "data", data.guids, tb, ib,
+                           Path(base_args["--cache-dir"]))
+    base = Settings.from_dict({"text_backbone": base_args["--text-backbone"], "num_epochs": 6, "patience": 0},
+                              strict=False)
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=3))
+    objective = stage.make_objective(study, base, fs, data, [1, 2], tmp_path / "runs", 1, False)
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state.name == "PRUNED" and trial.user_attrs["pruned_at"] == "seed 1, epoch 3"
+    assert sorted(trial.intermediate_values) == [1, 2, 3]  # one report per epoch, none after the prune
+    assert not (tmp_path / "runs" / "trial0-s2").exists()  # the second seed never started
+    assert stage.make_pruner()._n_warmup_steps == stage.WARMUP_EPOCHS
 
 
 def test_two_processes_share_one_sqlite_study(searched, tmp_path):
