@@ -272,8 +272,8 @@ def search_summary(out: dict, elapsed_s: float) -> str:
         f"- Stopped by: {'the time limit' if budget['stopped_by'] == 'timeout' else 'the trial count'}, with "
         f"{hs['finished_trials']} finished trials ({hs['pruned_trials']} pruned) in {elapsed_s:.0f} s this run "
         f"({budget['trial_seconds']:.0f} s of trial time over all workers).",
-        f"- Found: trial {hs['best_trial']}, mean validation weighted F1 {hs['best_value']:.4f} ({out['selected_by']}): "
-        f"{params}.",
+        f"- Found: trial {hs['best_trial']}, mean validation weighted F1 {hs['best_value']:.4f} "
+        f"({out['selected_by']}): {params}.",
         f"- Study `{hs['study']}` in `{hs['storage']}`; every trial in `search_trials.csv`.", ""])
 
 
