@@ -262,6 +262,7 @@ class RunSpec:
     train_idx: list[int] | None = None  # training rows other than the split's (e.g. augmented ones)
     resume: bool = False  # continue from the run folder's last epoch state, if any
     val_idx: list[int] | None = None  # early-stopping rows other than the split's (e.g. an inner validation set)
+    deadline: float | None = None  # a time budget (time.time() value): the run is skipped if it would start later
 
 
 def _run_one(shared: dict, job: tuple[str, RunSpec]) -> dict:
@@ -270,6 +271,8 @@ def _run_one(shared: dict, job: tuple[str, RunSpec]) -> dict:
     from msa.settings import Settings
 
     group, spec = job
+    if spec.deadline is not None and time.time() > spec.deadline:
+        return {"tag": spec.tag, "seed": spec.seed, "run_dir": str(spec.run_dir), "skipped": "budget"}
     inputs = shared["groups"][group]
     s = spec.settings if isinstance(spec.settings, Settings) else Settings.from_dict(spec.settings, strict=False)
     data = inputs["data"]

@@ -45,14 +45,34 @@ def grid_features(s: dict, fusions: list[str], data, data_dir: Path, cache_dir: 
     return labelled_features(data_dir, data.guids, tb, ib, cache_dir, tokens, batch_size, side=s.side_features)
 
 
-def grid_specs(s: Settings, fusions: list[str], seeds: list[int], runs_dir: Path, mixed_precision) -> list:
-    """One run per fusion x seed, the slowest fusions first, so that parallel workers finish together."""
+def grid_specs(s: Settings, fusions: list[str], seeds: list[int], runs_dir: Path, mixed_precision,
+               deadline: float | None = None) -> list:
+    """One run per fusion x seed, the slowest fusions first, so that parallel workers finish together. With a
+    ``deadline`` (a time budget) seed by seed instead: every fusion gets its first seed before any gets a second,
+    and runs that would start after the deadline are skipped (never the first, so the grid has a result)."""
     from msa.experiment import RunSpec
 
     order = sorted(fusions, key=lambda f: (f not in ("cross_attention", "encoder"), fusions.index(f)))
+    pairs = ([(f, seed) for seed in seeds for f in order] if deadline is not None else
+             [(f, seed) for f in order for seed in seeds])
     return [RunSpec(runs_dir / f"{f}-s{seed}", s.replace(feature_fusion=f), seed, tag=f,
-                    mixed_precision=mixed_precision)
-            for f in order for seed in seeds]
+                    mixed_precision=mixed_precision, deadline=deadline if i else None)  # the first always runs
+            for i, (f, seed) in enumerate(pairs)]
+
+
+def grid_budget(timeout: float | None, specs: list, done: list[dict], fusions: list[str], ran: list[str]) -> dict:
+    """What the grid's time budget let through: the record for best_config.json, and a note for the table."""
+    skipped = len(specs) - len(done)
+    missing = [f for f in fusions if f not in ran]
+    record = {"timeout_s": timeout, "runs": len(specs), "runs_done": len(done), "runs_skipped": skipped,
+              "fusions_not_run": missing, "note": ""}
+    if timeout:
+        seeds = {f: sum(r["tag"] == f for r in done) for f in ran}
+        record["note"] = (f"\nTime budget {timeout:g} s: {len(done)} of {len(specs)} runs started within it"
+                          + (f" ({skipped} skipped; seeds per fusion: "
+                             + ", ".join(f"{f} {n}" for f, n in seeds.items()) + ")" if skipped else "")
+                          + (f"; not run: {', '.join(missing)}" if missing else "") + ".\n")
+    return record
 
 
 def summarise(results: list[dict], key: str = "tag"):

@@ -14,10 +14,12 @@ from msa.stages import model_dirs
 
 
 def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Path, cache_dir: Path,
-                 batch_size: int, progress: bool = True, check_files: bool = True):
+                 batch_size: int, progress: bool = True, check_files: bool = True, backbones=None):
     """``(probabilities (N, 3), views used)`` of ``guids`` (files under ``data_dir``) by checkpoint ``members``: the
     mean over members and test-time ``views`` (none without an image modality), with the decision ``bias``.
-    ``check_files``: a missing data folder, or one without the files of most guids, is an error (not placeholders)."""
+    ``check_files``: a missing data folder, or one without the files of most guids, is an error (not placeholders).
+    ``backbones``: ``(text, image)`` already built by :func:`backbones_for` (a server predicting post after post
+    loads them once); default: built here."""
     import json
 
     import numpy as np
@@ -28,7 +30,7 @@ def member_proba(members, views: list[str], bias, guids: list[str], data_dir: Pa
     from msa.features import extract_features, with_image_view
     from msa.trainer import predict_rows
 
-    tb, ib = backbones_for(members[0][1], cache_dir)
+    tb, ib = backbones if backbones is not None else backbones_for(members[0][1], cache_dir)
     token_mods = sorted({m for _, c in members for m in c.get("token_modalities", [])})
     fs = extract_features(guids, data_dir, tb, ib, cache_dir, tokens=token_mods, batch_size=batch_size,
                           progress=progress, check_files=check_files)
@@ -161,13 +163,23 @@ def backbones_for(config: dict, cache_dir: Path | None = None):
         kw = ({"pooling": pre.get("pooling"), "max_length": pre.get("max_length"),
                "precision": recorded_text_precision(info)} if modality == "text" else {})
         bb = loader(info["name"], **{k: v for k, v in kw.items() if v})
-        if bb.info.weights_sha256 != info["weights_sha256"] or bb.info.key() != info["key"]:
+        if not _same_backbone(bb, info):
             raise UserError(
                 f"the checkpoint was trained on {modality} backbone {info['name']} with weights "
                 f"{info['weights_sha256'][:12]}, but what loads under that name now has "
                 f"{bb.info.weights_sha256[:12]} (or different preprocessing): its features would not match")
         built[modality] = bb
     return built["text"], built["image"]
+
+
+def _same_backbone(bb, info: dict) -> bool:
+    """Whether the backbone ``bb`` computes the features recorded in ``info``: the same feature-cache key (for a
+    group: every member's, which do not depend on where the members' folders are; the group's own key records their
+    paths, so a moved checkout would refuse its own ensemble)."""
+    members = (info.get("preprocessing") or {}).get("members")
+    if members and hasattr(bb, "members"):
+        return [m.info.key() for m in bb.members] == [m.get("key") for m in members]
+    return bb.info.weights_sha256 == info["weights_sha256"] and bb.info.key() == info["key"]
 
 
 def write_provenance(path: Path, output: Path, ckpt: Path, config: dict, counts: dict, n_members: int = 1,

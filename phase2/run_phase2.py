@@ -39,6 +39,10 @@ def build_parser() -> cli.ArgumentParser:
     o = p.add_argument_group("execution and output")
     o.add_argument("--jobs", type=cli.positive_int, default=2,
                    help="training processes in parallel (one torch thread each)")
+    o.add_argument("--timeout", type=cli.positive_float, default=None,
+                   help="time budget in seconds for the grid: runs go seed by seed (every fusion's first seed "
+                        "before any second one) and none starts after the budget; the table says what was skipped "
+                        "(default: none, every run)")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
     add_output_dirs(o, PHASE_DIR, "where tables and runs go", "where the chart goes")
@@ -72,22 +76,27 @@ def main(argv=None) -> int:
     fs = stage.grid_features(s, fusions, data, Path(args.data_root) / "data", args.cache_dir,
                              args.feature_batch_size)
     record = cli.args_record(args) | {"resolved": s}
-    specs = stage.grid_specs(s, fusions, seeds, args.results_dir / "runs", args.mixed_precision)
+    deadline = time.time() + args.timeout if args.timeout else None
+    specs = stage.grid_specs(s, fusions, seeds, args.results_dir / "runs", args.mixed_precision, deadline)
     results = run_grid(specs, fs, data, jobs=args.jobs, record=record, desc="phase 2 fusion x seed")
-    table = stage.summarise(results).loc[fusions]
+    done = [r for r in results if not r.get("skipped")]
+    ran = [f for f in fusions if any(r["tag"] == f for r in done)]
+    table = stage.summarise(done).loc[ran]
     table.index.name = "fusion"
     write_csv(args.results_dir / "summary.csv", table.reset_index())
     grid_seconds = time.time() - t0
+    budget = stage.grid_budget(args.timeout, specs, done, fusions, ran)
     title = (f"# Phase 2: fusion search (split `{data.split.name}`, seeds {', '.join(map(str, seeds))}, "
-             f"{len(specs)} runs in {grid_seconds:.0f} s)")
-    write_text(args.results_dir / "summary.md", stage.markdown_table(table, title))
+             f"{len(done)} runs in {grid_seconds:.0f} s)")
+    write_text(args.results_dir / "summary.md", stage.markdown_table(table, title) + budget["note"])
     grouped_bars(table, [("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"), ("f1_neutral", "neutral F1")],
                  args.figures_dir / "fusions.png", title=f"Fusions on the validation split (mean ± std, "
                  f"{len(seeds)} seeds)", ylim=(0, 1))
-    best = stage.best_config(table, s, fusions, seeds, data, fs.backbones)
+    best = stage.best_config(table, s, ran, seeds, data, fs.backbones)
+    best["grid_budget"] = {k: v for k, v in budget.items() if k != "note"}
     write_json(args.results_dir / "best_config.json", best)
     stamp.write(stamp_path, inputs, [args.results_dir / "summary.csv"])
-    print(stage.markdown_table(table, f"phase 2: {len(specs)} runs in {grid_seconds:.1f}s"))
+    print(stage.markdown_table(table, f"phase 2: {len(done)} runs in {grid_seconds:.1f}s") + budget["note"])
     print(f"best fusion: {best['settings']['feature_fusion']} -> {args.results_dir / 'best_config.json'}")
     return 0
 

@@ -363,3 +363,22 @@ def test_predict_rebuilds_the_text_backbone_in_the_precision_it_was_trained_with
     assert image is None and text.precision == "bf16" and text.info.key() == fast.info.key()
     text, _ = backbones_for({"backbones": {"text": minilm.info.as_dict()}})
     assert text.precision == "fp32" and text.info.key() == minilm.info.key()
+
+
+def test_a_group_checkpoint_loads_from_a_moved_checkout(minilm, tiny):
+    """A group's own key records its members' folders; predict checks the members' keys, which do not depend on
+    where a folder lives, so an ensemble trained in one checkout predicts in another."""
+    from msa.predict import backbones_for
+
+    group = bb.text_backbone(f"minilm+{tiny['bert']}")
+    info = group.info.as_dict()
+    moved = json.loads(json.dumps(info))
+    for m in moved["preprocessing"]["members"]:
+        m["source"] = "/elsewhere/" + m["source"].lstrip("/")
+    moved["key"] = "0" * 16  # the group key of the other checkout
+    text, _ = backbones_for({"backbones": {"text": moved}})
+    assert [m.info.key() for m in text.members] == [m["key"] for m in info["preprocessing"]["members"]]
+    other = json.loads(json.dumps(info))
+    other["preprocessing"]["members"][1]["key"] = "f" * 16  # another member: refused
+    with pytest.raises(UserError, match="features would not match"):
+        backbones_for({"backbones": {"text": other}})

@@ -326,3 +326,30 @@ def test_a_failing_lane_is_an_error_of_the_caller(data, monkeypatch):
     ib.preprocess = broken
     with pytest.raises(RuntimeError, match="decoder exploded"):
         extract_features(guids, data_dir, tb, ib, cache, progress=False, batch_size=4)
+
+
+def test_one_post_keeps_the_onnx_session_and_skips_the_memory_release(data, monkeypatch):
+    """Serving post after post: the onnxruntime session is created once per process (a lane asks for its own), and
+    the garbage collection + malloc_trim of a big extraction is skipped for a handful of posts."""
+    import onnxruntime as ort
+
+    from msa import features as feats
+    from msa import onnx_accel
+    from msa.backbones import image_backbone
+
+    data_dir, guids, cache = data
+    ib = image_backbone("efficientnet_lite0")
+    created, released = [], []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: created.append(1) or real(*a, **k))
+    monkeypatch.setattr(feats, "release_memory", lambda: released.append(1))
+    onnx_accel.drop_sessions()
+    for g in guids[:3]:
+        extract_features([g], data_dir, None, ib, cache, progress=False)
+    assert len(created) == 1 and not released
+    onnx_accel.fast_image_forward(ib, cache, reuse=False)
+    assert len(created) == 2
+    monkeypatch.setattr(feats, "RELEASE_AFTER", 5)
+    extract_features(guids[3:20], data_dir, None, ib, cache, progress=False)
+    assert released == [1]
+    onnx_accel.drop_sessions()

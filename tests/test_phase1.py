@@ -148,3 +148,15 @@ def test_seed_preset_with_tiny_bert_and_swinv2(setup, tmp_path, monkeypatch):
     assert "Swinv2" in cfg["backbones"]["image"]["architecture"]
     assert cfg["train"]["learning_rate"] == 5e-5 and cfg["train"]["num_epochs"] == 1  # preset, then the flag
     assert cfg["backbones"]["text"]["preprocessing"]["pooling"] == "cls"
+
+
+def test_one_post_latency_benchmark_predicts_new_posts_one_by_one(trained, capsys):
+    """benchmarks/bench_predict.py: the model loaded once, then each test post predicted alone from an empty
+    cache, with the same probabilities as predict_test gives it."""
+    from benchmarks import bench_predict
+
+    ck = trained["tmp"] / "results" / "base-s1" / "checkpoint"
+    assert bench_predict.main(["--data-root", str(trained["root"]), "--checkpoint", str(ck), "--posts", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "1 member(s)" in out and "next 3 posts one by one: median" in out
+    assert out.strip().splitlines()[-1].startswith("post_ms_median=")

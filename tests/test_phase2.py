@@ -56,6 +56,21 @@ def test_best_config_names_the_best_fusion_and_its_settings(searched):
     assert best["metrics"]["weighted_f1"]["mean"] == pytest.approx(table["weighted_f1_mean"].max())
 
 
+def test_a_time_budget_runs_seed_by_seed_and_says_what_it_skipped(setup, tmp_path):
+    out = ["--results-dir", str(tmp_path / "results"), "--figures-dir", str(tmp_path / "figures")]
+    argv = setup["base"] + ["--seeds", "1,2", "--num-epochs", "2", "--jobs", "1", "--fusions", "concat,add",
+                            "--timeout", "0.001", *out]
+    assert run_phase2.main(argv) == 0
+    best = json.loads((tmp_path / "results" / "best_config.json").read_text())
+    budget = best["grid_budget"]
+    assert budget["timeout_s"] == 0.001 and budget["runs"] == 4 and budget["runs_done"] == 1
+    assert budget["runs_skipped"] == 3 and budget["fusions_not_run"] == ["add"]
+    assert best["settings"]["feature_fusion"] == "concat" and list(best["fusion_search"]) == ["concat"]
+    summary = (tmp_path / "results" / "summary.md").read_text()
+    assert "Time budget 0.001 s: 1 of 4 runs started within it (3 skipped" in summary and "not run: add" in summary
+    assert not (tmp_path / "results" / "runs" / "add-s1").exists()
+
+
 def test_unknown_fusion_is_a_clear_error(setup):
     with pytest.raises(run_phase2.cli.UserError, match="unknown fusion"):
         run_phase2.main(setup["base"] + ["--fusions", "concat,nope"])
