@@ -41,13 +41,27 @@ def apply_bias(proba: np.ndarray, bias: Sequence[float] | None) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def f1_from_counts(y: np.ndarray, pred: np.ndarray, n_classes: int, average: str = "weighted") -> float:
+    """``sklearn.metrics.f1_score(y, pred, labels=range(n_classes), average=..., zero_division=0)``, computed the
+    same way (the same float operations, so the same value to the last bit) from one confusion count, ~200x faster:
+    the decision-rule search scores ~1,000 offsets per fold."""
+    cm = np.bincount(np.asarray(y, dtype=np.int64) * n_classes + np.asarray(pred, dtype=np.int64),
+                     minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(cm).astype(np.float64)
+    true_sum, pred_sum = cm.sum(1).astype(np.float64), cm.sum(0).astype(np.float64)
+    denom = 1.0 * true_sum + pred_sum
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(denom == 0, 0.0, (1 + 1.0) * tp / np.where(denom == 0, 1.0, denom))
+    if average == "weighted":
+        return float(np.average(f, weights=true_sum)) if true_sum.sum() else 0.0
+    return float(np.average(f))
+
+
 def choose_bias(proba: np.ndarray, y: np.ndarray, metric: str = "weighted_f1",
                 classes: Sequence[str] = ("neutral", "negative"), grid: Sequence[float] = BIAS_GRID
                 ) -> tuple[list[float], float]:
     """The bias (one offset per class in ``classes``, 0 for the others) that maximises ``metric`` of the
     adjusted arg-max on (``proba``, ``y``); ties go to the smallest total offset. Returns (bias, score)."""
-    from sklearn.metrics import f1_score
-
     proba = np.asarray(proba, dtype=float)
     y = np.asarray(y)
     logp = np.log(np.clip(proba, 1e-12, 1.0))
@@ -56,8 +70,7 @@ def choose_bias(proba: np.ndarray, y: np.ndarray, metric: str = "weighted_f1",
     def score(pred):
         if metric == "accuracy":
             return float((pred == y).mean())
-        return float(f1_score(y, pred, labels=list(range(len(LABELS))), zero_division=0,
-                              average="weighted" if metric == "weighted_f1" else "macro"))
+        return f1_from_counts(y, pred, len(LABELS), "weighted" if metric == "weighted_f1" else "macro")
 
     best = (score(logp.argmax(1)), 0.0, [0.0] * len(LABELS))
     grids = np.array(np.meshgrid(*[grid] * len(idx))).reshape(len(idx), -1).T

@@ -344,20 +344,23 @@ def _cores() -> int:
 
 
 @torch.inference_mode()
-def _overlapped(text: _Plan, image: _Plan, encoded: list[dict]) -> None:
-    """Run the text and the image plan at once in two lanes (threads) of one torch / onnxruntime thread each: lane
-    0 takes text batches first, lane 1 image batches, and a lane whose kind is done helps with the other's. The
-    features are bit-identical to the sequential path (one thread or two give the same results for these
-    encoders; every batch is the same as there), only the order in which batches finish changes. ``encoded``: the
-    text batches, tokenised beforehand in this thread (a fast tokenizer must not be used by two threads)."""
+def _overlapped(text_plans: list[_Plan], image_plans: list[_Plan]) -> None:
+    """Run the text and the image plans at once in two lanes (threads) of one torch / onnxruntime thread each: lane
+    0 takes text batches first (every text backbone's, e.g. a group's members), lane 1 image batches, and a lane
+    whose kind is done helps with the other's. The features are bit-identical to the sequential path (one thread
+    or two give the same results for these encoders; every batch is the same as there), only the order in which
+    batches finish changes. The text batches are tokenised here first, in this thread (a fast tokenizer must not
+    be used by two threads at once)."""
     import threading
     from collections import deque
 
-    queues = {"text": deque(zip(text.chunks, encoded, strict=True)), "image": deque(image.chunks)}
-    plans = {"text": text, "image": image}
+    queues = {"text": deque((plan, chunk, plan.encode(chunk)) for plan in text_plans for chunk in plan.chunks),
+              "image": deque((plan, chunk, None) for plan in image_plans for chunk in plan.chunks)}
     lock = threading.Lock()
     errors: list[BaseException] = []
-    forwards = [image.forward_for(threads=1, own=True) for _ in (0, 1)]  # one onnxruntime session per lane
+    # one onnxruntime session per lane and image backbone
+    forwards = [{id(plan): plan.forward_for(threads=1, own=True) for plan in image_plans if plan.chunks}
+                for _ in (0, 1)]
 
     def lane(i: int) -> None:
         kinds = ("text", "image") if i == 0 else ("image", "text")
@@ -368,17 +371,13 @@ def _overlapped(text: _Plan, image: _Plan, encoded: list[dict]) -> None:
                         kind = next((k for k in kinds if queues[k]), None)
                         if kind is None:
                             return
-                        item = queues[kind].popleft()
-                    if kind == "text":
-                        chunk, batch = item
-                        out = text.run(chunk, batch)
-                    else:
-                        chunk = item
-                        out = image.run(chunk, forward=forwards[i])
+                        plan, chunk, batch = queues[kind].popleft()
+                    out = (plan.run(chunk, batch) if kind == "text" else
+                           plan.run(chunk, forward=forwards[i][id(plan)]))
                     with lock:
                         for key, (vec, seq) in zip(chunk, out, strict=True):
-                            plans[kind].keep(key, vec, seq)
-                        plans[kind].bar.update(len(chunk))
+                            plan.keep(key, vec, seq)
+                        plan.bar.update(len(chunk))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             errors.append(exc)
 
@@ -392,8 +391,8 @@ def _overlapped(text: _Plan, image: _Plan, encoded: list[dict]) -> None:
             w.join()
     finally:
         torch.set_num_threads(threads)
-        text.bar.close()
-        image.bar.close()
+        for plan in (*text_plans, *image_plans):
+            plan.bar.close()
     if errors:
         raise errors[0]
 
@@ -466,63 +465,64 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
         check_data_dir(data_dir, guids, text=text_backbone is not None, image=image_backbone is not None)
     want = {"text", "image"} if tokens is True else set(tokens or ())
     groups = {m: bb for m, bb in (("text", text_backbone), ("image", image_backbone)) if hasattr(bb, "members")}
-    if groups:  # backbone groups: each member on its own (and cached on its own), pooled vectors concatenated
-        bad = sorted(set(groups) & want)
-        if bad:
-            raise UserError(f"a fusion over token sequences needs one {bad[0]} backbone, not the group "
-                            f"{groups[bad[0]].info.name}; use a pooled fusion (not cross_attention)")
-        single = {m: bb for m, bb in (("text", text_backbone), ("image", image_backbone)) if m not in groups}
-        fs = extract_features(guids, data_dir, single.get("text"), single.get("image"), cache_dir, tokens, batch_size,
-                              progress, accelerate, image_view, decode_workers, check_files=False)
-        for m, group in groups.items():
-            parts = [extract_features(guids, data_dir, *((bb, None) if m == "text" else (None, bb)), cache_dir,
-                                      False, batch_size, progress, accelerate, image_view, decode_workers,
-                                      check_files=False)
-                     for bb in group.members]
-            fs.pooled[m] = torch.cat([p.pooled[m] for p in parts], dim=1)
-            fs.backbones[m] = _info_dict(group.info)
-            fs.stats[m] = {"computed": sum(p.stats[m]["computed"] for p in parts),
-                           "corrupt": sum(p.stats[m]["corrupt"] for p in parts), "total": len(guids),
-                           "members": {bb.info.name: p.stats[m]["computed"] for bb, p in zip(group.members, parts)}}
-        order = [m for m in ("text", "image") if m in fs.pooled]
-        return FeatureSet(guids=guids, pooled={m: fs.pooled[m] for m in order}, tokens=fs.tokens,
-                          backbones={m: fs.backbones[m] for m in order}, stats=fs.stats)
-    fs = FeatureSet(guids=guids)
-    plans, stores = {}, {}
-    if text_backbone is not None:
-        stores["text"] = store = FeatureStore(cache_dir, _text_store_key(text_backbone.info), text_backbone.info.dim)
-        texts = [model_text(data_dir, g) for g in guids]
-        keys = [_sha(t.encode("utf-8")) for t in texts]
-        plans["text"] = _text_plan(text_backbone, texts, store, keys, "text" in want, batch_size, progress)
-    if image_backbone is not None:
-        stores["image"] = store = FeatureStore(cache_dir, image_store_key(image_backbone.info, image_view),
-                                               image_backbone.info.dim)
-        plans["image"], _ = _image_plan(image_backbone, data_dir, guids, store, "image" in want, batch_size, progress,
-                                        Path(cache_dir) if accelerate else None, image_view)
+    bad = sorted(set(groups) & want)
+    if bad:
+        raise UserError(f"a fusion over token sequences needs one {bad[0]} backbone, not the group "
+                        f"{groups[bad[0]].info.name}; use a pooled fusion (not cross_attention)")
+    # every single backbone, a group's members each on its own (and cached on its own; their pooled vectors are
+    # concatenated below): (modality, backbone, store, plan)
+    parts = []
+    texts = keys = None
+    for m, given in (("text", text_backbone), ("image", image_backbone)):
+        if given is None:
+            continue
+        for bb in (given.members if m in groups else [given]):
+            if m == "text":
+                if texts is None:
+                    texts = [model_text(data_dir, g) for g in guids]
+                    keys = [_sha(t.encode("utf-8")) for t in texts]
+                store = FeatureStore(cache_dir, _text_store_key(bb.info), bb.info.dim)
+                plan = _text_plan(bb, texts, store, keys, "text" in want, batch_size, progress)
+            else:
+                store = FeatureStore(cache_dir, image_store_key(bb.info, image_view), bb.info.dim)
+                plan, _ = _image_plan(bb, data_dir, guids, store, "image" in want, batch_size, progress,
+                                      Path(cache_dir) if accelerate else None, image_view)
+            parts.append((m, bb, store, plan))
     with torch.inference_mode():
-        if overlap and _can_overlap(plans, text_backbone, image_backbone):
-            _overlapped(plans["text"], plans["image"], [plans["text"].encode(c) for c in plans["text"].chunks])
+        if overlap and _can_overlap(parts):
+            _overlapped([p for m, _, _, p in parts if m == "text"], [p for m, _, _, p in parts if m == "image"])
         else:
-            if "text" in plans:
-                _run_plan(plans["text"])
-            if "image" in plans:
-                _run_image_plan(plans["image"], decode_workers)
-    for m, plan in plans.items():
-        fs.pooled[m] = torch.stack(plan.pooled)
-        if plan.toks is not None:
-            fs.tokens[m] = plan.toks
-        fs.backbones[m] = _info_dict((text_backbone if m == "text" else image_backbone).info)
-        fs.stats[m] = {"computed": plan.count, "corrupt": stores[m].corrupt, "total": len(guids)}
+            for m, _, _, plan in parts:
+                if m == "text":
+                    _run_plan(plan)
+                else:
+                    _run_image_plan(plan, decode_workers)
+    fs = FeatureSet(guids=guids)
+    for m, given in (("text", text_backbone), ("image", image_backbone)):
+        mine = [(bb, store, plan) for pm, bb, store, plan in parts if pm == m]
+        if not mine:
+            continue
+        fs.pooled[m] = torch.cat([torch.stack(plan.pooled) for _, _, plan in mine], dim=1)
+        if mine[0][2].toks is not None and m not in groups:
+            fs.tokens[m] = mine[0][2].toks
+        fs.backbones[m] = _info_dict(given.info)
+        fs.stats[m] = {"computed": sum(plan.count for _, _, plan in mine),
+                       "corrupt": sum(store.corrupt for _, store, _ in mine), "total": len(guids)}
+        if m in groups:
+            fs.stats[m]["members"] = {bb.info.name: plan.count for bb, _, plan in mine}
     if sum(st["computed"] for st in fs.stats.values()) >= RELEASE_AFTER:
         release_memory()
     return fs
 
 
-def _can_overlap(plans: dict, text_backbone, image_backbone) -> bool:
-    """Text and image extraction run at once when both have work, there are two cores and both run on the CPU."""
-    if set(plans) != {"text", "image"} or not plans["text"].chunks or not plans["image"].chunks or _cores() < 2:
+def _can_overlap(parts: list) -> bool:
+    """Text and image extraction run at once when both have work, there are two cores and all run on the CPU."""
+    kinds = {m for m, _, _, plan in parts if plan.chunks}
+    if kinds != {"text", "image"} or _cores() < 2:
         return False
-    for bb in (text_backbone, image_backbone):
+    for _, bb, _, plan in parts:
+        if not plan.chunks:
+            continue
         real = bb.materialise() if hasattr(bb, "materialise") else bb
         params = next(iter(real.parameters()), None) if hasattr(real, "parameters") else None
         if params is not None and params.device.type != "cpu":

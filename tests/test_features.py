@@ -353,3 +353,24 @@ def test_one_post_keeps_the_onnx_session_and_skips_the_memory_release(data, monk
     extract_features(guids[3:20], data_dir, None, ib, cache, progress=False)
     assert released == [1]
     onnx_accel.drop_sessions()
+
+
+def test_a_text_group_overlaps_with_the_images_and_gives_the_sequential_features(data, monkeypatch, tmp_path):
+    """The final recipe's case: a text group (each member cached on its own) and one image backbone, at once."""
+    from msa import features as feats
+    from msa.backbones import BackboneGroup, image_backbone, text_backbone
+    from tests.tiny_models import tiny_bert
+
+    data_dir, guids, cache = data
+    group = BackboneGroup([text_backbone("minilm"), text_backbone(str(tiny_bert(tmp_path / "bert")))])
+    ib = image_backbone("efficientnet_lite0")
+    lanes = []
+    real = feats._overlapped
+    monkeypatch.setattr(feats, "_cores", lambda: 2)
+    monkeypatch.setattr(feats, "_overlapped", lambda *a: lanes.append(len(a[0])) or real(*a))
+    seq = extract_features(guids, data_dir, group, ib, tmp_path / "seq", progress=False, batch_size=8, overlap=False)
+    both = extract_features(guids, data_dir, group, ib, cache, progress=False, batch_size=8)
+    assert lanes == [2] and both.stats["text"]["members"] == seq.stats["text"]["members"]
+    assert both.pooled["text"].shape[1] == group.info.dim and both.backbones["text"]["name"] == group.info.name
+    for m in ("text", "image"):
+        assert torch.equal(seq.pooled[m], both.pooled[m])

@@ -136,3 +136,22 @@ def test_mean_std_is_the_summary_every_table_uses():
     frame = pd.DataFrame({"weighted_f1": [0.70, 0.72, 0.74], "seed": [1, 2, 3]})
     row = mean_std_columns(frame, ["weighted_f1", "absent"])
     assert set(row) == {"weighted_f1_mean", "weighted_f1_std"} and pm(row, "weighted_f1") == "0.7200 ± 0.0200"
+
+
+def test_the_fast_f1_of_the_decision_rule_search_is_sklearns_to_the_last_bit():
+    """msa.ensemble.f1_from_counts replaces sklearn's f1_score inside choose_bias's ~1,000-offset search; the chosen
+    offsets must not change, so the value must be identical (not just close), zero-division cases included."""
+    from sklearn.metrics import f1_score
+
+    from msa.ensemble import f1_from_counts
+
+    rng = np.random.default_rng(0)
+    for t in range(600):
+        n = int(rng.integers(1, 60))
+        y, p = rng.integers(0, 3, n), rng.integers(0, 3, n)
+        if t % 7 == 0:
+            p[:] = rng.integers(0, 3)  # one class predicted for every row
+        if t % 11 == 0:
+            y[:] = rng.integers(0, 3)  # one class present
+        for avg in ("weighted", "macro"):
+            assert f1_from_counts(y, p, 3, avg) == f1_score(y, p, labels=[0, 1, 2], zero_division=0, average=avg)
