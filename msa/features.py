@@ -355,6 +355,19 @@ def limit_malloc_arenas(n: int = 2) -> None:
         pass
 
 
+#: the lanes give freed memory back every this many batches (:func:`_malloc_trim`)
+TRIM_EVERY = 8
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _cores() -> int:
     import os
 
@@ -377,6 +390,7 @@ def _overlapped(text_plans: list[_Plan], image_plans: list[_Plan]) -> None:
               "image": deque((plan, chunk, None) for plan in image_plans for chunk in plan.chunks)}
     lock = threading.Lock()
     errors: list[BaseException] = []
+    done = [0]
     # one onnxruntime session per lane and image backbone
     forwards = [{id(plan): plan.forward_for(threads=1, own=True) for plan in image_plans if plan.chunks}
                 for _ in (0, 1)]
@@ -397,6 +411,10 @@ def _overlapped(text_plans: list[_Plan], image_plans: list[_Plan]) -> None:
                         for key, (vec, seq) in zip(chunk, out, strict=True):
                             plan.keep(key, vec, seq)
                         plan.bar.update(len(chunk))
+                        done[0] += 1
+                        trim = done[0] % TRIM_EVERY == 0
+                    if trim:  # the lanes' activations of growing sizes fragment the heap: give free pages back
+                        _malloc_trim()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             errors.append(exc)
 

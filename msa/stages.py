@@ -73,6 +73,7 @@ FRONT_ENDS: dict[str, str] = {
     "predict": "phase4/predict_test.py", "trend": "tasks/trend/run_trend.py",
     "trend-data": "tasks/trend/make_trend_data.py", "mosi": "tasks/mosi/run_mosi.py",
     "bench-pipeline": "benchmarks/bench_pipeline.py", "bench-features": "benchmarks/bench_features.py",
+    "bench-predict": "benchmarks/bench_predict.py",
 }
 
 

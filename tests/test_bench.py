@@ -35,11 +35,13 @@ def test_feature_benchmark_times_each_backbone_and_both_decoding_modes(synthetic
 
     bert = tiny_bert(tmp_path / "bert")
     assert bench_features.main(["--data-root", str(synthetic_root), "--limit", "12", "--batch-size", "4",
-                                "--text-backbone", str(bert), "--compare", "--decode-workers", "2",
+                                "--text-backbone", str(bert), "--compare", "--decode-workers", "2", "--overlap",
+                                "--naive",
                                 "--each", f"{bert},efficientnet_lite0,no_such_backbone"]) == 0
     out = capsys.readouterr().out
     assert "inline decoding, export excluded" in out and "decoding overlapped, export excluded" in out
     assert "(2 decode thread(s))" in out or "2 decode thread(s)" in out
     assert f"backbone={bert} kind=text" in out and "backbone=efficientnet_lite0 kind=image dim=1280" in out
     assert "backbone=no_such_backbone unavailable" in out
+    assert "both modalities at once (two lanes)" in out and "the pipeline's cold pass is" in out
     assert out.strip().splitlines()[-1].startswith("pairs_per_s=")
