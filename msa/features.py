@@ -274,8 +274,8 @@ def image_store_key(info, view: str | None = None) -> str:
 
 
 def _image_plan(backbone, data_dir: Path, guids: list[str], store: FeatureStore, tokens: bool, batch_size: int,
-                progress: bool, cache_dir: Path | None, view: str | None) -> tuple[_Plan, object]:
-    """The image plan, and ``prepare(chunk)`` (decode + preprocess one batch; PIL releases the GIL)."""
+                progress: bool, cache_dir: Path | None, view: str | None) -> _Plan:
+    """The image plan; its ``prepare(chunk)`` decodes and preprocesses one batch (PIL releases the GIL)."""
     keyed = [image_content_key(data_dir, g) for g in guids]
     pooled, toks, unique = _lookup(store, [k for k, _ in keyed], tokens)
     order = list(unique)
@@ -298,13 +298,7 @@ def _image_plan(backbone, data_dir: Path, guids: list[str], store: FeatureStore,
 
         return fast_image_forward(backbone, cache_dir, threads=threads, reuse=not own)
 
-    state = {"forward": None}
-
-    def run(chunk: list[str], pixels=None, forward=None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        if forward is None:
-            if state["forward"] is None:
-                state["forward"] = forward_for()
-            forward = state["forward"]
+    def run(chunk: list[str], pixels=None, *, forward) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         p, t = forward(prepare(chunk) if pixels is None else pixels)
         return [(p[j].float().clone(), t[j].to(torch.float16).clone() if tokens else None) for j in range(len(chunk))]
 
@@ -313,7 +307,7 @@ def _image_plan(backbone, data_dir: Path, guids: list[str], store: FeatureStore,
 
     plan = _Plan(pooled, toks if tokens else None, list(_batches(order, batch_size)), run, keep, bar, len(order),
                  prepare=prepare, forward_for=forward_for)
-    return plan, prepare
+    return plan
 
 
 @torch.inference_mode()
@@ -323,14 +317,14 @@ def image_features(backbone, data_dir: Path, guids: list[str], store: FeatureSto
     """Pooled (and ``tokens``: patch) features of every guid's image; the next batches are decoded by
     ``decode_workers`` background threads (None: :func:`default_decode_workers`; 0: inline) while the current one
     runs through the backbone."""
-    plan, _ = _image_plan(backbone, data_dir, guids, store, tokens, batch_size, progress, cache_dir, view)
-    return _run_image_plan(plan, decode_workers)
+    return _run_image_plan(_image_plan(backbone, data_dir, guids, store, tokens, batch_size, progress, cache_dir,
+                                       view), decode_workers)
 
 
 def _run_image_plan(plan: _Plan, decode_workers: int | None):
     forward = plan.forward_for() if plan.chunks else None
     for chunk, pixels in zip(plan.chunks, _prefetched(plan.prepare, plan.chunks, decode_workers), strict=True):
-        for key, (vec, seq) in zip(chunk, plan.run(chunk, pixels, forward), strict=True):
+        for key, (vec, seq) in zip(chunk, plan.run(chunk, pixels, forward=forward), strict=True):
             plan.keep(key, vec, seq)
         plan.bar.update(len(chunk))
     plan.bar.close()
@@ -436,10 +430,7 @@ def _overlapped(text_plans: list[_Plan], image_plans: list[_Plan]) -> None:
 
 def default_decode_workers() -> int:
     """Background threads that decode image batches ahead of the forward pass: one per spare core, at most 4."""
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores - 1))
+    return max(1, min(4, _cores() - 1))
 
 
 def _prefetched(prepare, chunks: list, workers: int | None):
@@ -523,8 +514,8 @@ def extract_features(guids: Sequence[str], data_dir: str | Path, text_backbone=N
                 plan = _text_plan(bb, texts, store, keys, "text" in want, batch_size, progress)
             else:
                 store = FeatureStore(cache_dir, image_store_key(bb.info, image_view), bb.info.dim)
-                plan, _ = _image_plan(bb, data_dir, guids, store, "image" in want, batch_size, progress,
-                                      Path(cache_dir) if accelerate else None, image_view)
+                plan = _image_plan(bb, data_dir, guids, store, "image" in want, batch_size, progress,
+                                   Path(cache_dir) if accelerate else None, image_view)
             parts.append((m, bb, store, plan))
     with torch.inference_mode():
         if overlap and _can_overlap(parts):
@@ -586,17 +577,13 @@ RELEASE_AFTER = 256
 def release_memory() -> None:
     """Give the memory of finished backbone passes back to the system (glibc keeps freed arenas otherwise), so a
     phase that trains in worker processes after extracting features does not hold the extraction's peak."""
-    import ctypes
     import gc
 
     from msa.onnx_accel import drop_sessions
 
     drop_sessions()  # their arenas are the largest part of an image pass's memory
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    _malloc_trim()
 
 
 def _info_dict(info) -> dict:
