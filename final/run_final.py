@@ -54,8 +54,14 @@ FINAL_DIR = Path(__file__).resolve().parent
 DEFAULT_PRESET = FINAL_DIR.parent / "configs" / "final.json"
 
 
-def build_parser() -> cli.ArgumentParser:
+def _tta_choices() -> list[str]:
     from msa.features import IMAGE_VIEWS
+
+    return ["none", *IMAGE_VIEWS]
+
+
+def build_parser() -> cli.ArgumentParser:
+    from msa.config import LazyChoices
     from msa.settings import add_model_args, add_resume_arg, add_training_args
 
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
@@ -75,9 +81,9 @@ def build_parser() -> cli.ArgumentParser:
                    help="what the decision offsets maximise on inner validation")
     r.add_argument("--focal-gamma", type=cli.non_negative_float, default=2.0,
                    help="focusing exponent of the focal loss")
-    r.add_argument("--tta", default="none", choices=["none", *IMAGE_VIEWS],
-                   help="test-time augmentation: every model's probabilities are averaged over the image and this "
-                        "view of it (hflip: mirrored left-right); none: the image only")
+    r.add_argument("--tta", default="none", choices=LazyChoices(_tta_choices), metavar="VIEW",
+                   help="test-time augmentation, one of %(choices)s: every model's probabilities are averaged over "
+                        "the image and this view of it (hflip: mirrored left-right); none: the image only")
     r.add_argument("--ablation", action="store_true",
                    help=f"also train the variants {', '.join(VARIANTS)} and the side-feature row (side: + "
                         "--ablation-side for a recipe without side features; no_side: without the recipe's) for "

@@ -18,11 +18,12 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from msa import cli
-from msa.features import FeatureSet
+
+if TYPE_CHECKING:  # torch where features are replaced: seed_checkpoints serves phase 5's up-to-date check
+    from msa.features import FeatureSet
 
 SUBSTITUTES = {"zeros": "zeros", "train_mean": "train mean"}
 
@@ -30,6 +31,8 @@ SUBSTITUTES = {"zeros": "zeros", "train_mean": "train mean"}
 def substitute(fs: FeatureSet, modality: str, how: str, reference_rows: Sequence[int]) -> FeatureSet:
     """A copy of ``fs`` in which every row's ``modality`` features are ``how``: ``"zeros"`` or ``"train_mean"``
     (the mean over ``reference_rows``, the training split). Other modalities are shared, not copied."""
+    import torch
+
     if modality not in fs.pooled:
         raise ValueError(f"no {modality!r} features to replace; the feature set has {sorted(fs.pooled)}")
     if how not in SUBSTITUTES:
@@ -64,7 +67,6 @@ def only(fs: FeatureSet, modalities: Sequence[str]) -> FeatureSet:
                                backbones={m: b for m, b in fs.backbones.items() if m in modalities}, stats={})
 
 
-@torch.no_grad()
 def unimodal_fusion(fusion: str) -> str:
     """``fusion`` when it works with a single modality, else ``concat`` (e.g. ``cross_attention`` needs two)."""
     from msa.fusions import FUSIONS

@@ -57,7 +57,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from msa.cli import REPO_ROOT, UserError
+from msa.cli import PRETRAINED_DIR, REPO_ROOT, UserError
 from msa.io import file_sha256
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ TEXT_POOLINGS = ("mean", "cls", "pooler")
 #: those of earlier versions.
 TEXT_PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_ENV = "MSA_TEXT_PRECISION"
-PRETRAINED_DIR = REPO_ROOT / "pretrained_models"
 README_HINT = "see pretrained_models/README.md for the expected folders and their contents"
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

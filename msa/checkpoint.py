@@ -15,12 +15,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from msa.cli import UserError
 from msa.io import write_json
+
+if TYPE_CHECKING:  # torch and safetensors are imported by the functions that read or write weights:
+    import torch  # read_checkpoint_config serves the up-to-date checks, which answer without torch
 
 CHECKPOINT_FORMAT = 1
 MODEL_FILE = "model.safetensors"
@@ -33,6 +34,8 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, config: dict,
     """Write ``model``'s weights and ``config`` (must include ``model``: the constructor arguments) atomically.
 
     A loss with state (ACB's running per-class difficulty) is saved beside it as ``loss.safetensors``."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -73,6 +76,8 @@ def read_checkpoint_config(directory: str | Path) -> dict:
 
 def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from its folder alone; returns ``(model in eval mode, config)``."""
+    from safetensors.torch import load_file
+
     from msa.fusions import MultimodalClassifier
 
     directory = Path(directory)
@@ -89,6 +94,8 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[t
 
 def load_loss_state(directory: str | Path) -> dict[str, torch.Tensor]:
     """The saved loss state of a checkpoint (empty when its loss had none)."""
+    from safetensors.torch import load_file
+
     path = Path(directory) / LOSS_FILE
     return load_file(str(path)) if path.is_file() else {}
 

@@ -20,9 +20,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: where local backbones (Hugging Face folders, the assembled offline weights) live
+PRETRAINED_DIR = REPO_ROOT / "pretrained_models"
 DEFAULT_DATA_ROOT = Path("dataset")
 #: where the feature, embedding and caption caches live (relative to the working directory): $MSA_CACHE_DIR or cache/
 CACHE_ROOT = Path(os.environ.get("MSA_CACHE_DIR") or "cache")
+#: the feature cache (:mod:`msa.features`), the phases' default --cache-dir
+FEATURE_CACHE_DIR = CACHE_ROOT / "features"
 
 UNDERSCORE_NOTE = "Every --flag-name is also accepted as --flag_name."
 
@@ -61,7 +65,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """--help with the defaults; a help given as a function (made from a registry, :mod:`msa.config`) is called
+    here, when the help is shown, so that building a parser imports no registry."""
+
+    def _format_action(self, action):
+        if callable(action.help):
+            action.help = action.help()
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        if callable(action.help):
+            action.help = action.help()
+        return super()._get_help_string(action)
 
 
 # ------------------------------------------------------------------------------ checked flag values

@@ -23,15 +23,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from tqdm import tqdm
+from msa.cli import PRETRAINED_DIR, REPO_ROOT, UserError
 
-from msa.backbones import PRETRAINED_DIR, BackboneError, quiet_transformers, weights_sha256
-from msa.cli import REPO_ROOT, UserError
-from msa.data import load_image
-from msa.features import FeatureStore, image_content_key
+# light at import: phase 6 resolves the folder for its up-to-date check before anything is loaded; torch,
+# transformers and the feature store are imported by the functions that embed
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from msa.features import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def resolve_folder(path: str | Path) -> tuple[Path, list[Path]]:
 
 def missing_files(folder: Path) -> list[str]:
     """What a CLIP folder lacks: config, weights (and shards), tokenizer files, preprocessor_config.json."""
-    from msa.backbones import TOKENIZER_HINT, _has_tokenizer, _weight_files
+    from msa.backbones import TOKENIZER_HINT, BackboneError, _has_tokenizer, _weight_files
 
     missing = []
     if not (folder / "config.json").is_file():
@@ -150,26 +152,32 @@ class Clip:
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
         return f"clip-{kind}-{_sha(blob.encode('utf-8'))[:16]}"
 
-    @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(B, dim) L2-normalised projected text embeddings (truncated at ``max_length`` tokens)."""
+        import torch
+
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
-        out = self.model.get_text_features(input_ids=enc["input_ids"].to(self.device),
-                                           attention_mask=enc["attention_mask"].to(self.device))
-        return torch.nn.functional.normalize(_tensor(out).float(), dim=-1).cpu()
+        with torch.inference_mode():
+            out = self.model.get_text_features(input_ids=enc["input_ids"].to(self.device),
+                                               attention_mask=enc["attention_mask"].to(self.device))
+            return torch.nn.functional.normalize(_tensor(out).float(), dim=-1).cpu()
 
-    @torch.inference_mode()
     def embed_images(self, images) -> torch.Tensor:
         """(B, dim) L2-normalised projected image embeddings of RGB PIL images."""
+        import torch
+
         pixels = self.processor(images=[im if im.mode == "RGB" else im.convert("RGB") for im in images],
                                 return_tensors="pt")["pixel_values"]
-        out = self.model.get_image_features(pixel_values=pixels.to(self.device, torch.float32))
-        return torch.nn.functional.normalize(_tensor(out).float(), dim=-1).cpu()
+        with torch.inference_mode():
+            out = self.model.get_image_features(pixel_values=pixels.to(self.device, torch.float32))
+            return torch.nn.functional.normalize(_tensor(out).float(), dim=-1).cpu()
 
 
 def _tensor(out) -> torch.Tensor:
     """get_*_features return a tensor (transformers 4) or an output whose pooler_output is projected (5)."""
+    import torch
+
     if isinstance(out, torch.Tensor):
         return out
     pooled = getattr(out, "pooler_output", None)
@@ -181,9 +189,17 @@ def _tensor(out) -> torch.Tensor:
 def load_clip(path: str | Path, device: str | torch.device = "cpu") -> Clip:
     """Load a CLIP-like folder, frozen, locally and without remote code. A missing or incomplete folder raises
     :class:`UserError` naming what it lacks (call :func:`clip_problem` first to fall back instead)."""
+    import torch
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-    from msa.backbones import _from_pretrained, _lowercases, _missing_keys, _processor_preprocessing
+    from msa.backbones import (
+        _from_pretrained,
+        _lowercases,
+        _missing_keys,
+        _processor_preprocessing,
+        quiet_transformers,
+        weights_sha256,
+    )
 
     problem = clip_problem(path)
     if problem:
@@ -251,6 +267,11 @@ def _stats(store: FeatureStore, total: int, computed: int) -> dict:
 def text_embeddings(clip: Clip, texts: Sequence[str], cache_dir: str | Path, batch_size: int = 32,
                     progress: bool = True, desc: str = "CLIP text embeddings") -> tuple[torch.Tensor, dict]:
     """(N, dim) embeddings of the exact strings ``texts``, from the cache where possible; and the stats."""
+    import torch
+    from tqdm import tqdm
+
+    from msa.features import FeatureStore
+
     texts = list(texts)
     store = FeatureStore(cache_dir, clip.store_key("text"), clip.dim)
     keys = [_sha(t.encode("utf-8")) for t in texts]
@@ -274,6 +295,12 @@ def image_embeddings(clip: Clip, data_dir: str | Path, guids: Sequence[str], cac
                      batch_size: int = 32, progress: bool = True) -> tuple[torch.Tensor, dict]:
     """(N, dim) embeddings of the images of ``guids`` (read with msa.data.load_image; a missing or broken file
     is the grey placeholder, as everywhere), from the cache where possible; and the stats."""
+    import torch
+    from tqdm import tqdm
+
+    from msa.data import load_image
+    from msa.features import FeatureStore, image_content_key
+
     data_dir = Path(data_dir)
     guids = list(guids)
     store = FeatureStore(cache_dir, clip.store_key("image"), clip.dim)
@@ -318,6 +345,8 @@ def class_embeddings(clip: Clip, labels: Sequence[str], cache_dir: str | Path,
                      ) -> tuple[torch.Tensor, dict]:
     """(n_labels, dim) zero-shot class embeddings: the normalised mean of each class's normalised prompt
     embeddings (cached like any text); and the stats."""
+    import torch
+
     per_class = prompts(labels, templates)
     flat = [p for ps in per_class for p in ps]
     emb, stats = text_embeddings(clip, flat, cache_dir, batch_size, progress=False, desc="CLIP prompt embeddings")
@@ -328,5 +357,7 @@ def class_embeddings(clip: Clip, labels: Sequence[str], cache_dir: str | Path,
 def zero_shot_proba(*embeddings: torch.Tensor, classes: torch.Tensor, logit_scale: float) -> np.ndarray:
     """Softmax over ``logit_scale`` x cosine similarity to the class embeddings, averaged over the given
     (normalised) embeddings: one for image or text alone, both for image+text (mean of the two similarities)."""
+    import torch
+
     sims = torch.stack([e.float() @ classes.float().T for e in embeddings]).mean(0)
     return torch.softmax(logit_scale * sims, dim=-1).double().numpy()

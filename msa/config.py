@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,36 @@ class Option:
         if self.choices is None:
             return None
         return list(self.choices() if callable(self.choices) else self.choices)
+
+
+class LazyChoices(Sequence):
+    """The choices of a flag read from a registry only when a value is checked or the help is shown.
+
+    Building a parser then imports no registry (and so no torch): a stage whose outputs are up to date answers in
+    well under a second. Membership, iteration and ``len`` read the registry once (``fn()``) and keep the list."""
+
+    def __init__(self, fn: Callable[[], Sequence[str]]):
+        self._fn, self._items = fn, None
+
+    def _list(self) -> list:
+        if self._items is None:
+            self._items = list(self._fn())
+        return self._items
+
+    def __getitem__(self, i):
+        return self._list()[i]
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+    def __contains__(self, value) -> bool:
+        return value in self._list()
+
+    def __iter__(self) -> Iterator:
+        return iter(self._list())
+
+    def __repr__(self) -> str:
+        return f"LazyChoices({getattr(self._fn, '__name__', self._fn)})"
 
 
 def option(default=None, help: str = "", *, type=None, choices=None, flag=None, metavar=None, group=None,
@@ -111,30 +141,41 @@ def add_options(parser: argparse.ArgumentParser, cls, *, group: str | None = Non
             target = groups[title]
         default = defaults.get(f.name, _field_default(f))
         tp = _base_type(_annotation(cls, f.name))
-        text = opt.help() if callable(opt.help) else opt.help
-        text = (helps or {}).get(f.name, text)
+        text = (helps or {}).get(f.name, opt.help)
+        if callable(opt.choices):  # a registry's names, listed by argparse when --help is shown
+            text = _joined(text, "(one of %(choices)s)")
         kw: dict[str, Any] = {"dest": f.name, "help": text}
         if tp is bool and opt.type is None:
             kw.update(action="store_true", default=None if unset else bool(default))
             if unset:
-                kw["help"] = f"{text} (default {'on' if default else 'off'})"
+                kw["help"] = _joined(text, f"(default {'on' if default else 'off'})")
         else:
             kw["type"] = opt.type or (tp if tp in (int, float, Path) else None)
             if kw["type"] is None:
                 kw.pop("type")
-            choices = opt.choice_list()
-            if choices is not None:
-                kw["choices"] = choices
+            if callable(opt.choices):  # a registry: read when a value is checked or --help is shown
+                kw["choices"] = LazyChoices(opt.choices)
+                kw["metavar"] = opt.metavar or "NAME"
+            elif opt.choices is not None:
+                kw["choices"] = list(opt.choices)
             if opt.metavar:
                 kw["metavar"] = opt.metavar
             if unset:
                 kw["default"] = None
                 note = default_note(f.name, default) if default_note else f"(default {_show(default)})"
-                kw["help"] = f"{text} {note}".strip() if note else text
+                kw["help"] = _joined(text, note) if note else text
             else:
                 kw["default"] = default
         target.add_argument(_flag(f, opt), **kw)
     return groups
+
+
+def _joined(text: str | Callable[[], str], suffix: str) -> str | Callable[[], str]:
+    """``text`` and ``suffix``; a help made by a function (from a registry) stays a function, called by
+    :class:`msa.cli.ArgumentParser`'s formatter only when --help is shown."""
+    if callable(text):
+        return lambda: f"{text()} {suffix}".strip()
+    return f"{text} {suffix}".strip()
 
 
 def _show(value) -> str:

@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from msa.cli import CACHE_ROOT, UserError
+from msa.cli import FEATURE_CACHE_DIR, UserError
 from msa.data import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
@@ -46,7 +46,7 @@ from msa.io import atomic_path
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = "1"
-DEFAULT_CACHE_DIR = CACHE_ROOT / "features"
+DEFAULT_CACHE_DIR = FEATURE_CACHE_DIR
 PLACEHOLDER_KEY = "placeholder-image-v1"
 TEXT_NORMALISATION = {"url_token": "", "mention_token": "@user", "drop_rt": True, "split_hashtags": True,
                       "emoji_words": True}

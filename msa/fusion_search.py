@@ -24,10 +24,12 @@ FINISHED = ("COMPLETE", "PRUNED")
 
 
 # ----------------------------------------------------------------------------------------------- the grid
-def parse_fusions(text: str) -> list[str]:
-    """The comma-separated fusions of --fusions, each checked against the registry."""
+def parse_fusions(text: str | None) -> list[str]:
+    """The comma-separated fusions of --fusions, each checked against the registry (``None``: all of it)."""
     from msa.fusions import FUSIONS
 
+    if text is None:
+        return list(FUSIONS)
     fusions = [f.strip() for f in text.split(",") if f.strip()]
     unknown = [f for f in fusions if f not in FUSIONS]
     if unknown or not fusions:

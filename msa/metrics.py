@@ -17,7 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+# sklearn.metrics is imported by the functions that use it (about a second): msa.metrics is read by the stages'
+# front ends, whose up-to-date check must answer without it
 
 __all__ = [
     "DEFAULT_LABELS",
@@ -102,6 +104,8 @@ def classification_metrics(y_true, y_pred, proba=None, labels: Sequence[str] = D
     if yt.size == 0:
         raise ValueError("no samples to evaluate")
     idx = list(range(len(labels)))
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
     out: dict = {"n": int(yt.size), "accuracy": float(accuracy_score(yt, yp))}
     out["weighted_f1"] = float(f1_score(yt, yp, labels=idx, average="weighted", zero_division=0))
     out["macro_f1"] = float(f1_score(yt, yp, labels=idx, average="macro", zero_division=0))
@@ -139,6 +143,8 @@ def regression_metrics(y_true, y_pred) -> dict:
     ``n_non0`` give the sample counts. CH-SIMS (labels in [-1, 1], interval bins) needs other thresholds:
     :func:`mmsa_metrics` has both sets under MMSA's own names.
     """
+    from sklearn.metrics import accuracy_score, f1_score
+
     yt, yp = _regression_inputs(y_true, y_pred)
     out: dict = {"n": int(yt.size), "mae": float(np.mean(np.abs(yp - yt))), "corr": _pearson(yp, yt)}
     t_has0, p_has0 = yt >= 0, yp >= 0
@@ -299,6 +305,8 @@ def mmsa_sims_metrics(y_true, y_pred) -> dict:
     Interval membership is decided in the inputs' own precision (float32 labels against float32 edges), as MMSA's
     numpy comparisons of float32 arrays with Python floats do.
     """
+    from sklearn.metrics import f1_score
+
     yt, yp = _regression_inputs(y_true, y_pred)
     ct = {k: sims_classes(y_true, k) for k in (2, 3, 5)}  # in the inputs' own precision (see sims_classes)
     cp = {k: sims_classes(y_pred, k) for k in (2, 3, 5)}

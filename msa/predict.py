@@ -105,6 +105,18 @@ def default_model() -> Path:
     return default_checkpoint()
 
 
+def model_files(ckpt: Path) -> list[Path]:
+    """The files a checkpoint or ensemble folder's predictions depend on (ensemble.json, each member's weights
+    and config), read without loading anything: the up-to-date check of predict_test."""
+    from msa.checkpoint import CONFIG_FILE, MODEL_FILE
+    from msa.ensemble import ENSEMBLE_FILE, is_ensemble, read_ensemble
+
+    ckpt = Path(ckpt)
+    dirs = read_ensemble(ckpt).member_dirs if is_ensemble(ckpt) else [ckpt]
+    return ([ckpt / ENSEMBLE_FILE] if is_ensemble(ckpt) else []) + [d / n for d in dirs for n in (MODEL_FILE,
+                                                                                                CONFIG_FILE)]
+
+
 def load_members(ckpt: Path):
     """``([(model, config), ...], bias, tta views)`` of a checkpoint folder or an ensemble folder, every member
     checked; the views (e.g. ``["hflip"]``) are the test-time augmentations the ensemble was evaluated with."""

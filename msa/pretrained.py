@@ -21,11 +21,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from msa.cli import REPO_ROOT, UserError
+from msa.cli import PRETRAINED_DIR, UserError
 
 log = logging.getLogger(__name__)
 
-PRETRAINED_DIR = REPO_ROOT / "pretrained_models"
 RECORD = "ASSEMBLED.json"
 
 

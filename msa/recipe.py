@@ -255,8 +255,6 @@ def choose_variants(s: dict, args) -> dict:
     """``{name: (settings overrides, description)}``: the recipe, and with ``--ablation`` the trained variants of the
     contribution table (``--variants`` picks some); a token fusion is skipped for a backbone group."""
     from msa import side as side_mod
-    from msa.backbones import GROUP_SEP
-    from msa.experiment import token_modalities
 
     variants = {"final": ({}, "the recipe")}
     if args.ablation:
@@ -272,6 +270,11 @@ def choose_variants(s: dict, args) -> dict:
         variants |= {v: pool[v] for v in dict.fromkeys(wanted)}
     elif args.variants:
         raise cli.UserError("--variants needs --ablation")
+    if len(variants) == 1:
+        return variants
+    from msa.backbones import GROUP_SEP
+    from msa.experiment import token_modalities
+
     grouped = [m for m in ("text_backbone", "image_backbone") if GROUP_SEP in str(s.get(m) or "")]
     for name in [v for v in variants if v != "final"]:
         vs = s.replace(**variants[name][0])

@@ -29,15 +29,20 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from msa.cli import FEATURE_CACHE_DIR as DEFAULT_CACHE_DIR
 from msa.cli import UserError
-from msa.data import MAX_IMAGE_BYTES, find_image, load_image, read_capped, read_text, validate_guid
-from msa.features import DEFAULT_CACHE_DIR, FeatureSet
-from msa.fusions import SIDE
 from msa.io import atomic_path
+
+# light at import (no torch, pandas or PIL): the phases read HELP, parse_spec and csv_files before their
+# up-to-date check, and import msa.data / torch / msa.fusions only where features are computed
+if TYPE_CHECKING:
+    import torch
+
+    from msa.features import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,8 @@ def image_stats(img) -> list[float]:
 
 
 def _image_stats(data_dir: Path, guid: str) -> list[float] | None:
+    from msa.data import load_image
+
     res = load_image(data_dir, guid, draft_size=(IMAGE_STATS_SIZE, IMAGE_STATS_SIZE))
     return image_stats(res.image) if res.ok else None
 
@@ -184,6 +191,8 @@ def _computed(feature: SideFeature, guids: Sequence[str], data_dir: Path, cache_
               progress: bool) -> tuple[np.ndarray, dict]:
     from tqdm import tqdm
 
+    from msa.data import MAX_IMAGE_BYTES, find_image, read_capped, read_text, validate_guid
+
     cache = SideCache(cache_dir, feature)
     out = np.full((len(guids), len(feature.columns)), np.nan, dtype=np.float32)
     stats = {"hits": 0, "computed": 0, "missing": 0}
@@ -233,6 +242,8 @@ def read_csv_features(path: str | Path, guids: Sequence[str], data_dir: str | Pa
     with no text or image in ``data_dir`` is one of them (a typo would otherwise silently become missing
     values), without it (prediction on other posts) such rows are ignored."""
     import csv
+
+    from msa.data import find_image, validate_guid
 
     path = Path(path)
     try:
@@ -341,12 +352,16 @@ def compute(spec: str | Sequence[str], guids: Sequence[str], data_dir: str | Pat
             raise UserError(f"side features {names} give columns {cols}; the model expects {want}")
         values = values[:, [cols.index(c) for c in want]]
         cols = want
+    import torch
+
     return SideMatrix(torch.from_numpy(values), cols, {"features": names, "columns": cols})
 
 
 def attach(fs: FeatureSet, side: SideMatrix | None) -> FeatureSet:
     """``fs`` with ``pooled["side"]`` and ``backbones["side"]`` (the record) added; ``fs`` itself when ``side`` is
     None."""
+    from msa.fusions import SIDE
+
     if side is None:
         return fs
     if len(side.values) != len(fs.guids):
@@ -356,6 +371,8 @@ def attach(fs: FeatureSet, side: SideMatrix | None) -> FeatureSet:
 
 def record_of(fs: FeatureSet) -> dict | None:
     """The side-feature record of a feature set (``None``: no side features)."""
+    from msa.fusions import SIDE
+
     return fs.backbones.get(SIDE)
 
 

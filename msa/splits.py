@@ -11,11 +11,13 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from msa.cli import UserError
 from msa.io import file_sha256, write_csv
+
+if TYPE_CHECKING:  # pandas is imported where a split is made or read: split_path serves the up-to-date checks
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 SPLIT_VALUES = ("train", "val")
@@ -61,6 +63,7 @@ def stratified_folds(guids: list[str], labels: list[str], k: int, seed: int,
                      groups: list | None = None) -> list[pd.DataFrame]:
     """K complete train/val splits whose val parts partition the rows, stratified by label, grouped by
     ``groups`` when given."""
+    import pandas as pd
     from sklearn.model_selection import StratifiedGroupKFold
 
     guids = list(guids)
@@ -92,6 +95,8 @@ def load_split(work_dir: str | Path, name: str = "default") -> Split:
     if not path.is_file():
         raise UserError(f"split file {path} not found: run phase 0 first "
                         f"(python phase0/data_cleaner.py --data-root DATA --work-dir {work_dir})")
+    import pandas as pd
+
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(frame.columns[:2]) != ["guid", "split"]:
         raise UserError(f"{path}: expected columns guid,split, found {','.join(frame.columns)}")

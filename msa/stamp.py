@@ -27,6 +27,11 @@ VOLATILE_ARGS = ("verbose", "force", "resume", "jobs", "cache_dir", "caption_cac
                  "batch_size_features", "progress")
 
 
+#: environment variables that change what a phase computes (msa.backbones.PRECISION_ENV: the text encoders'
+#: precision); recorded in every stamp when set, so that e.g. MSA_TEXT_PRECISION=fp32 make run recomputes
+RESULT_ENV = ("MSA_TEXT_PRECISION",)
+
+
 #: library modules that cannot change what a phase computes (the report reads results, stamps are bookkeeping,
 #: the demo only runs the phases)
 NOT_RESULTS = ("report.py", "stamp.py", "demo.py")
@@ -68,8 +73,9 @@ def inputs_of(args: Mapping | object, files: Iterable[str | Path] = (), code: It
     for f in files:
         f = Path(f)
         hashed[str(f)] = file_sha256(f) if f.is_file() else None
+    env = {k: os.environ[k] for k in RESULT_ENV if os.environ.get(k)}
     return {"arguments": arguments, "files": hashed, "code": code_sha256(*code),
-            **({"extra": _jsonable(dict(extra))} if extra else {})}
+            **({"extra": _jsonable(dict(extra))} if extra else {}), **({"environment": env} if env else {})}
 
 
 def check(path: str | Path, inputs: dict, force: bool = False, what: str = "this phase") -> bool:
@@ -100,12 +106,12 @@ def _changed(old: dict, new: dict) -> list[str]:
     if not isinstance(old, dict):
         return ["stamp format"]
     out = []
-    for section in ("arguments", "files", "extra"):
+    for section, what in (("arguments", "argument"), ("files", "file"), ("extra", "extra"),
+                          ("environment", "environment variable")):
         a, b = old.get(section) or {}, new.get(section) or {}
         if not isinstance(a, dict):
             a = {}
-        out += [f"{section[:-1] if section != 'extra' else 'extra'} {k}" for k in sorted(set(a) | set(b))
-                if a.get(k) != b.get(k)]
+        out += [f"{what} {k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if old.get("code") != new.get("code"):
         out.append("code")
     return out[:6]

@@ -26,14 +26,18 @@ from msa.config import add_output_dirs
 PHASE_DIR = Path(__file__).resolve().parent
 
 
-def build_parser() -> cli.ArgumentParser:
+def _fusions_help() -> str:  # shown by --help only: the registry (torch) is not read to build the parser
     from msa.fusions import FUSIONS
+
+    return f"comma-separated fusions to compare, from {', '.join(FUSIONS)} (default: the whole registry)"
+
+
+def build_parser() -> cli.ArgumentParser:
     from msa.settings import add_model_args, add_training_args
 
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
     cli.add_data_args(p)
-    p.add_argument("--fusions", default=",".join(FUSIONS),
-                   help="comma-separated fusions to compare (default: the whole registry)")
+    p.add_argument("--fusions", default=None, help=_fusions_help)
     add_model_args(p, fusion=False)
     add_training_args(p, seeds="42,43,44", resume=False)
     o = p.add_argument_group("execution and output")
@@ -53,16 +57,12 @@ def build_parser() -> cli.ArgumentParser:
 
 def main(argv=None) -> int:
     from msa import fusion_search as stage
-    from msa.experiment import load_labelled, run_grid
-    from msa.io import write_csv, write_json, write_text
-    from msa.plots import grouped_bars
     from msa.settings import parse_seeds, resolve
     from msa.side import csv_files as side_csv_files
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     t0 = time.time()
-    fusions = stage.parse_fusions(args.fusions)
     seeds = parse_seeds(args.seeds)
     s = resolve(args)
     stamp_path = args.results_dir / "inputs_fusions.json"
@@ -72,6 +72,13 @@ def main(argv=None) -> int:
     if stamp.check(stamp_path, inputs, args.force, "phase 2 fusion search"):
         print(f"phase 2 fusion search: up to date ({args.results_dir}); --force recomputes")
         return 0
+    # the heavy imports (torch, pandas, matplotlib) and the registry checks come after the up-to-date check:
+    # a stamp is only written by a finished run, so arguments that match one are valid
+    from msa.experiment import load_labelled, run_grid
+    from msa.io import write_csv, write_json, write_text
+    from msa.plots import grouped_bars
+
+    fusions = stage.parse_fusions(args.fusions)
     data = load_labelled(cli.work_dir(args), args.split)
     fs = stage.grid_features(s, fusions, data, Path(args.data_root) / "data", args.cache_dir,
                              args.feature_batch_size)

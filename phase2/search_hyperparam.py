@@ -73,8 +73,6 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    import optuna
-
     from msa import fusion_search as stage
     from msa.io import write_csv, write_json, write_text
     from msa.settings import resolve
@@ -89,6 +87,8 @@ def main(argv=None) -> int:
     if stamp.check(stamp_path, inputs, args.force, "phase 2 hyper-parameter search"):
         print(f"phase 2 hyper-parameter search: up to date ({args.best_config}); --force recomputes")
         return 0
+    import optuna  # after the up-to-date check, which then answers without it
+
     best_config = stage.start_settings(args.best_config)
     base = resolve(args, base=(best_config or {}).get("settings"))
     if args.study_name is None:

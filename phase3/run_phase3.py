@@ -77,16 +77,11 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from msa import imbalance as stage
-    from msa.losses import LOSSES
     from msa.settings import parse_seeds
-    from msa.trainer import SAMPLERS
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     t0 = time.time()
-    losses = cli.parse_list(args.losses, list(LOSSES), "--losses")
-    samplers = cli.parse_list(args.samplers, list(SAMPLERS), "--samplers")
     seeds = parse_seeds(args.seeds)
     stamp_path = args.results_dir / "inputs.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
@@ -95,6 +90,13 @@ def main(argv=None) -> int:
     if stamp.check(stamp_path, inputs, args.force, "phase 3"):
         print(f"phase 3: up to date ({args.results_dir}); --force recomputes")
         return 0
+    # the registries (torch, sklearn) after the check: arguments that match a finished run's are valid
+    from msa import imbalance as stage
+    from msa.losses import LOSSES
+    from msa.trainer import SAMPLERS
+
+    losses = cli.parse_list(args.losses, list(LOSSES), "--losses")
+    samplers = cli.parse_list(args.samplers, list(SAMPLERS), "--samplers")
     md, best = stage.run(args, losses, samplers, seeds, t0)
     best_dir = Path(best["copied_to"])
     stamp.write(stamp_path, inputs, [args.results_dir / "best.json", args.results_dir / "summary.md",

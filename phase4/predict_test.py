@@ -25,8 +25,8 @@ import logging
 import sys
 from pathlib import Path
 
-from msa import cli
-from msa.predict import default_model, load_members, member_proba, predict_post, write_provenance
+from msa import cli, stamp
+from msa.predict import default_model
 
 log = logging.getLogger("phase4.predict")
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +58,7 @@ def build_parser() -> cli.ArgumentParser:
     text.add_argument("--text", default=None, help="the post's text")
     text.add_argument("--text-file", type=Path, default=None, help="a file holding the post's text (any encoding)")
     one.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
+    stamp.add_force_arg(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -67,6 +68,7 @@ def predict_one(args, ckpt: Path) -> int:
     import json
 
     from msa.data import LABELS
+    from msa.predict import predict_post
 
     proba, warnings = predict_post(ckpt, args.image, args.text, args.text_file, args.cache_dir, args.batch_size)
     label = LABELS[int(proba.argmax())]
@@ -84,11 +86,6 @@ def predict_one(args, ckpt: Path) -> int:
 
 
 def main(argv=None) -> int:
-    import pandas as pd
-
-    from msa.data import LABELS, read_index
-    from msa.io import write_csv, write_text
-
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     ckpt = args.checkpoint or default_model()
@@ -96,9 +93,28 @@ def main(argv=None) -> int:
         return predict_one(args, ckpt)
     if args.json:
         raise cli.UserError("--json is for one post (--image / --text / --text-file)")
+    from msa.predict import model_files
+
+    test_file = args.test_file or Path(args.data_root) / "test_without_label.txt"
+    provenance = args.provenance or (DEFAULT_PROVENANCE if Path(args.output).resolve() == DEFAULT_OUTPUT.resolve()
+                                     else Path(f"{args.output}.provenance.json"))
+    # up to date: the same model files, test index, posts (names, sizes, times), arguments and code
+    stamp_path = Path(provenance).parent / f"inputs_{Path(provenance).stem}.json"
+    inputs = stamp.inputs_of(args, files=[test_file, *model_files(ckpt)], code=[Path(__file__)],
+                             extra={"model": str(Path(ckpt).resolve()),
+                                    "data_listing": stamp.listing_digest(Path(args.data_root) / "data")},
+                             ignore=("batch_size",))
+    if stamp.check(stamp_path, inputs, args.force, "predict_test"):
+        print(f"predict_test: up to date ({args.output}); --force recomputes")
+        return 0
+    import pandas as pd
+
+    from msa.data import LABELS, read_index
+    from msa.io import write_csv, write_text
+    from msa.predict import load_members, member_proba, write_provenance
+
     members, bias, views = load_members(ckpt)
     config = members[0][1]
-    test_file = args.test_file or Path(args.data_root) / "test_without_label.txt"
     test = read_index(test_file, labelled=False)
     for p in test.problems:
         log.warning("%s: %s %s (%s)", test_file, p.reason, p.guid, p.detail)
@@ -113,11 +129,9 @@ def main(argv=None) -> int:
             frame[f"p_{lab}"] = proba[:, k].round(6)
         write_csv(args.probabilities, frame)
     counts = pd.Series(tags).value_counts().reindex(LABELS, fill_value=0)
-    provenance = args.provenance or (DEFAULT_PROVENANCE if Path(args.output).resolve() == DEFAULT_OUTPUT.resolve()
-                                     else Path(f"{args.output}.provenance.json"))
-    if provenance:
-        write_provenance(provenance, out, ckpt, config, {lab: int(n) for lab, n in counts.items()},
-                         n_members=len(members), bias=bias, tta=views)
+    write_provenance(provenance, out, ckpt, config, {lab: int(n) for lab, n in counts.items()},
+                     n_members=len(members), bias=bias, tta=views)
+    stamp.write(stamp_path, inputs, [out, provenance] + ([args.probabilities] if args.probabilities else []))
     print(f"{len(tags)} predictions from {ckpt} -> {out} "
           f"({', '.join(f'{lab} {n}' for lab, n in counts.items())})")
     return 0

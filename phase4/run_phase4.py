@@ -127,18 +127,19 @@ def build_parser() -> cli.ArgumentParser:
 
 def main(argv=None) -> int:
     from msa import augment_stage as stage
-    from msa.augment import MODES
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     t0 = time.time()
-    modes = cli.parse_list(args.modes, MODES, "--modes")
     stamp_path = args.results_dir / "inputs.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
                              + [Path(args.phase3_dir) / "best.json"], code=[Path(__file__)])
     if stamp.check(stamp_path, inputs, args.force, "phase 4"):
         print(f"phase 4: up to date ({args.results_dir}); --force recomputes")
         return 0
+    from msa.augment import MODES  # torch: after the check (arguments that match a finished run's are valid)
+
+    modes = cli.parse_list(args.modes, MODES, "--modes")
     md, best, best_dir = stage.run(args, modes, API_KEY, t0)
     stamp.write(stamp_path, inputs, [args.results_dir / "best.json", args.results_dir / "summary.md",
                                      best_dir / "checkpoint" / "model.safetensors"])

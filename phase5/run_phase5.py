@@ -85,8 +85,6 @@ def build_parser() -> cli.ArgumentParser:
 
 def main(argv=None) -> int:
     from msa import ablation_stage as stage
-    from msa.experiment import load_labelled
-    from msa.io import write_csv, write_json, write_text
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
@@ -95,7 +93,6 @@ def main(argv=None) -> int:
         from msa.settings import parse_seeds
 
         parse_seeds(args.seeds)  # a bad --seeds is an error before anything runs
-    data = load_labelled(cli.work_dir(args), args.split)
     model = stage.find_model(args.checkpoint)
     stamp_path = args.results_dir / "inputs.json"
     stamp_inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
@@ -103,6 +100,10 @@ def main(argv=None) -> int:
     if stamp.check(stamp_path, stamp_inputs, args.force, "phase 5"):
         print(f"phase 5: up to date ({args.results_dir}); --force recomputes")
         return 0
+    from msa.experiment import load_labelled  # torch, pandas: after the check
+    from msa.io import write_csv, write_json, write_text
+
+    data = load_labelled(cli.work_dir(args), args.split)
     plan = stage.make_plan(model, data, args.skip_retrain, args.recipe_run, args.seeds)
     fs = stage.ablation_features(plan, data, Path(args.data_root) / "data", args.cache_dir, args.feature_batch_size)
 

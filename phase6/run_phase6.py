@@ -91,26 +91,16 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    import pandas as pd
-
     from msa import probe_stage as stage
     from msa.clip import resolve_folder
-    from msa.experiment import load_labelled
-    from msa.io import write_csv, write_json, write_text
-    from msa.probes import check_folds
 
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     t0 = time.time()
     cs = stage.parse_grid(args.c_grid)
-    data = load_labelled(cli.work_dir(args), args.split)
-    check_folds(data.labels[data.train_idx], args.cv_folds)
     data_dir = Path(args.data_root) / "data"
     if not data_dir.is_dir():
         raise cli.UserError(f"{data_dir} not found: --data-root must hold data/{{guid}}.jpg|.txt")
-    device = stage.resolve_device(args.device)
-
-    ref_rows, notes = stage.find_reference(args.reference, data.split)  # a bad --reference fails before any work
     clip_folder, _ = resolve_folder(args.clip_model)
     stamp_path = args.results_dir / "inputs.json"
     inputs = stamp.inputs_of(args, files=stamp.phase0_files(cli.work_dir(args), args.split)
@@ -120,6 +110,17 @@ def main(argv=None) -> int:
     if stamp.check(stamp_path, inputs, args.force, "phase 6"):
         print(f"phase 6: up to date ({args.results_dir}); --force recomputes")
         return 0
+    # torch, pandas and the data after the check (arguments that match a finished run's were valid)
+    import pandas as pd
+
+    from msa.experiment import load_labelled
+    from msa.io import write_csv, write_json, write_text
+    from msa.probes import check_folds
+
+    data = load_labelled(cli.work_dir(args), args.split)
+    check_folds(data.labels[data.train_idx], args.cv_folds)
+    device = stage.resolve_device(args.device)
+    ref_rows, notes = stage.find_reference(args.reference, data.split)  # a bad --reference fails before any work
     emb = stage.embeddings(args, data, data_dir, device)
     probe_kw = stage.probe_settings(args, cs)
     rows, preds = stage.probe_rows(emb, data, probe_kw)

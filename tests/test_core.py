@@ -56,7 +56,8 @@ def test_settings_resolve_in_layers_and_choices_come_from_the_registries(tmp_pat
     add_model_args(p)
     add_training_args(p)
     choices = {a.dest: a.choices for a in p._actions}
-    assert choices["feature_fusion"] == sorted(FUSIONS) and choices["loss_type"] == sorted(LOSSES)
+    assert list(choices["feature_fusion"]) == sorted(FUSIONS) and list(choices["loss_type"]) == sorted(LOSSES)
+    assert "cross_attention" in choices["feature_fusion"] and "bogus" not in choices["feature_fusion"]
     assert list(choices["scheduler"]) == ["cosine", "linear", "constant"]
     preset = tmp_path / "p.json"
     preset.write_text(json.dumps({"name": "x", "hidden": 64, "fusion": "add", "learning_rate": 0.01}))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from argparse import Namespace
 from pathlib import Path
+
+import pytest
 
 from msa import stamp
 
@@ -73,3 +77,42 @@ def test_listing_digest_sees_added_and_resized_files(tmp_path):
     b = stamp.listing_digest(tmp_path)
     (tmp_path / "2.txt").write_text("bb")
     assert len({a, b, stamp.listing_digest(tmp_path)}) == 3
+
+
+def test_a_result_changing_environment_variable_recomputes(tmp_path, monkeypatch):
+    from msa.backbones import PRECISION_ENV
+
+    assert PRECISION_ENV in stamp.RESULT_ENV
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    path = tmp_path / "inputs.json"
+    plain = _inputs(tmp_path)
+    stamp.write(path, plain)
+    assert stamp.check(path, _inputs(tmp_path))
+    monkeypatch.setenv(PRECISION_ENV, "fp32")  # e.g. MSA_TEXT_PRECISION=fp32 make run: other features
+    changed = _inputs(tmp_path)
+    assert changed["environment"] == {PRECISION_ENV: "fp32"}
+    assert not stamp.check(path, changed)
+    stamp.write(path, changed)
+    assert stamp.check(path, _inputs(tmp_path))
+
+
+HEAVY = ("torch", "sklearn", "optuna", "matplotlib", "transformers", "onnxruntime")
+#: stages whose parser still reads a torch registry: phase 3's loss flags default to the loss constructors' own
+#: values (msa.imbalance.loss_default)
+PARSER_NEEDS_TORCH = {"phase3.run_phase3"}
+
+
+@pytest.mark.parametrize("module", ["phase0.data_cleaner", "phase0.data_analysis", "phase1.main", "phase2.run_phase2",
+                                    "phase2.search_hyperparam", "phase3.run_phase3", "phase4.run_phase4",
+                                    "phase5.run_phase5", "phase6.run_phase6", "final.run_final",
+                                    "phase4.predict_test"])
+def test_a_stage_parses_its_flags_without_the_heavy_libraries(module):
+    """The up-to-date answer of a stage comes after its flags are parsed: building the parser (choices and help
+    read from the registries lazily, msa.config.LazyChoices) must not import torch, sklearn, optuna..."""
+    code = (f"import sys, importlib; m = importlib.import_module({module!r}); m.build_parser().parse_args([]); "
+            f"print(','.join(x for x in {HEAVY!r} if x in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=stamp.REPO_ROOT,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    loaded = set(filter(None, res.stdout.strip().split(",")))
+    assert loaded <= ({"torch"} if module in PARSER_NEEDS_TORCH else set()), (module, loaded)
