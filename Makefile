@@ -131,7 +131,7 @@ ablation: setup models phase0
 	    --figures-dir final/ablation/figures $(F) $(FINAL_ARGS)
 
 predict: setup models final
-	$(PY) phase4/predict_test.py --data-root $(DATA)
+	$(PY) phase4/predict_test.py --data-root $(DATA) $(F)
 
 report: setup
 	$(PY) -m msa.report

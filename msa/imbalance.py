@@ -15,6 +15,7 @@ grid, the summary table, each loss against cross-entropy with its standard error
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import logging
 import math
@@ -46,36 +47,56 @@ def loss_default(loss: str, keyword: str):
     return inspect.signature(LOSSES[loss]).parameters[keyword].default
 
 
+#: the loss constants' flags: dest -> (loss, constructor keyword); the defaults are the constructors' own
+LOSS_FLAGS = {"wce_weights": ("weighted_ce", "weights"), "weight_power": ("weighted_ce", "weight_power"),
+              "cb_beta": ("weighted_ce", "cb_beta"), "focal_gamma": ("focal", "gamma"), "acb_a": ("acb", "a"),
+              "acb_b": ("acb", "b"), "acb_c": ("acb", "c"), "acb_k": ("acb", "k"), "acb_alpha": ("acb", "alpha"),
+              "acb_beta": ("acb", "beta"), "acb_momentum": ("acb", "momentum")}
+
+
+def _with_default(text: str, dest: str):
+    """--help's text of a loss constant, its default read from the constructor (torch) only when shown."""
+    return lambda: f"{text} (default: {loss_default(*LOSS_FLAGS[dest])})"
+
+
+def fill_loss_defaults(args) -> None:
+    """The loss constants not given on the command line, set to the constructors' defaults (after the up-to-date
+    check: the flags are parsed without importing the losses, and an absent flag is absent from the stamp)."""
+    for dest, (loss, keyword) in LOSS_FLAGS.items():
+        if not hasattr(args, dest):
+            setattr(args, dest, loss_default(loss, keyword))
+
+
 def add_loss_args(p) -> None:
-    """The constants of weighted_ce, focal and acb (their defaults are the loss constructors' own)."""
-    _default = loss_default
+    """The constants of weighted_ce, focal and acb (their defaults are the loss constructors' own, filled in by
+    :func:`fill_loss_defaults`)."""
+    def flag(group, name: str, text: str, **kw):
+        dest = name[2:].replace("-", "_")
+        group.add_argument(name, default=argparse.SUPPRESS, help=_with_default(text, dest), **kw)
+
     w = p.add_argument_group("weighted_ce and class weights")
-    w.add_argument("--wce-weights", default=_default("weighted_ce", "weights"), choices=list(WCE_WEIGHTS),
-                   help="weighted_ce class weights: inverse frequency (1/n_c)^weight_power, or Cui et al.'s "
-                        "effective number (1 - cb_beta) / (1 - cb_beta^n_c); both normalised to mean 1")
-    w.add_argument("--weight-power", type=cli.non_negative_float, default=_default("weighted_ce", "weight_power"),
-                   help="exponent of inverse-frequency weights (weighted_ce, focal --focal-alpha counts, acb "
-                        "--acb-class-balance inverse); 0.5 = square root")
-    w.add_argument("--cb-beta", type=float, default=_default("weighted_ce", "cb_beta"),
-                   help="beta of effective-number weights (weighted_ce, acb --acb-class-balance effective_number)")
+    flag(w, "--wce-weights", "weighted_ce class weights: inverse frequency (1/n_c)^weight_power, or Cui et al.'s "
+         "effective number (1 - cb_beta) / (1 - cb_beta^n_c); both normalised to mean 1", choices=list(WCE_WEIGHTS))
+    flag(w, "--weight-power", "exponent of inverse-frequency weights (weighted_ce, focal --focal-alpha counts, acb "
+         "--acb-class-balance inverse); 0.5 = square root", type=cli.non_negative_float)
+    flag(w, "--cb-beta", "beta of effective-number weights (weighted_ce, acb --acb-class-balance effective_number)",
+         type=float)
     f = p.add_argument_group("focal")
-    f.add_argument("--focal-gamma", type=cli.non_negative_float, default=_default("focal", "gamma"),
-                   help="focusing exponent gamma of (1 - p_t)^gamma")
+    flag(f, "--focal-gamma", "focusing exponent gamma of (1 - p_t)^gamma", type=cli.non_negative_float)
     f.add_argument("--focal-alpha", default="none", choices=list(FOCAL_ALPHAS),
                    help="focal class weights: none, or inverse-frequency weights from the training counts")
     a = p.add_argument_group("acb (adaptive class-balanced loss, docs/phase3.md)",
                              "  L = alpha * mean(w_c (1 - p_t)^g_c CE) + beta * mean(exp(-k (p1 - p2)))\n"
                              "  w_c = 1 + a log(1 + d_c),  g_c = b + c log(1 + d_c),\n"
                              "  d_c = running mean of 1 - p_t over class c, p1 >= p2 the top two probabilities")
-    a.add_argument("--acb-a", type=float, default=_default("acb", "a"), help="a of the class weight w_c")
-    a.add_argument("--acb-b", type=float, default=_default("acb", "b"), help="b, the base focal exponent of g_c")
-    a.add_argument("--acb-c", type=float, default=_default("acb", "c"), help="c, the adaptive part of g_c")
-    a.add_argument("--acb-k", type=float, default=_default("acb", "k"), help="k of the boundary term")
-    a.add_argument("--acb-alpha", type=float, default=_default("acb", "alpha"), help="weight of the focal term")
-    a.add_argument("--acb-beta", type=float, default=_default("acb", "beta"),
-                   help="weight of the boundary term (0 = none)")
-    a.add_argument("--acb-momentum", type=cli.fraction, default=_default("acb", "momentum"),
-                   help="momentum of the running difficulty d_c (0 = the per-batch statistic of the report)")
+    flag(a, "--acb-a", "a of the class weight w_c", type=float)
+    flag(a, "--acb-b", "b, the base focal exponent of g_c", type=float)
+    flag(a, "--acb-c", "c, the adaptive part of g_c", type=float)
+    flag(a, "--acb-k", "k of the boundary term", type=float)
+    flag(a, "--acb-alpha", "weight of the focal term", type=float)
+    flag(a, "--acb-beta", "weight of the boundary term (0 = none)", type=float)
+    flag(a, "--acb-momentum", "momentum of the running difficulty d_c (0 = the per-batch statistic of the report)",
+         type=cli.fraction)
     a.add_argument("--acb-class-balance", default="none", choices=list(ACB_CLASS_BALANCES),
                    help="also multiply w_c by count-based weights (--weight-power / --cb-beta)")
 
@@ -89,6 +110,7 @@ def run(args, losses: list[str], samplers: list[str], seeds: list[int], t0: floa
     from msa.records import write_best
     from msa.settings import resolve
 
+    fill_loss_defaults(args)
     base, start = load_start_config(args.best_config)
     s = resolve(args, base=base)
     data = load_labelled(cli.work_dir(args), args.split)

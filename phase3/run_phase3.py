@@ -40,9 +40,14 @@ PHASE_DIR = Path(__file__).resolve().parent
 DEFAULT_BEST_CONFIG = PHASE_DIR.parent / "phase2" / "results" / "best_config.json"
 
 
+def _losses_help() -> str:  # --help only: the registry (torch) is not read to build the parser
+    from msa.losses import LOSSES
+
+    return f"comma-separated losses to compare, from {', '.join(LOSSES)} (default: all of them)"
+
+
 def build_parser() -> cli.ArgumentParser:
     from msa.imbalance import add_loss_args
-    from msa.losses import LOSSES
     from msa.settings import add_model_args, add_training_args
 
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]))
@@ -51,8 +56,7 @@ def build_parser() -> cli.ArgumentParser:
     g.add_argument("--best-config", type=Path, default=DEFAULT_BEST_CONFIG,
                    help="phase 2's best_config.json; its 'settings' are the starting configuration (missing: "
                         "the built-in defaults, with a warning)")
-    g.add_argument("--losses", default=",".join(LOSSES),
-                   help=f"comma-separated losses to compare, from {', '.join(LOSSES)}")
+    g.add_argument("--losses", default=None, help=_losses_help)
     g.add_argument("--samplers", default=DEFAULT_SAMPLERS,
                    help="comma-separated samplers: 'none' (shuffled epochs) and/or 'balanced' (class-balanced "
                         "sampling with replacement)")
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
     from msa.losses import LOSSES
     from msa.trainer import SAMPLERS
 
-    losses = cli.parse_list(args.losses, list(LOSSES), "--losses")
+    losses = cli.parse_list(args.losses or ",".join(LOSSES), list(LOSSES), "--losses")
     samplers = cli.parse_list(args.samplers, list(SAMPLERS), "--samplers")
     md, best = stage.run(args, losses, samplers, seeds, t0)
     best_dir = Path(best["copied_to"])

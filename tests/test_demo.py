@@ -51,8 +51,8 @@ def test_make_demo_smallest_preset(tmp_path):
     # nothing of the demo lands in the project's own folders
     assert not (REPO / "demo").exists() or out == REPO / "demo"
 
-    # the same `make demo` again: every stage is up to date, and answers before importing torch (phase 3's flags and
-    # the final recipe's preset read the registries, which need it); the import log says what each step loaded
+    # the same `make demo` again: every stage is up to date, and answers before importing torch (but the final
+    # recipe, whose preset is checked against the registries); the import log says what each step loaded
     env = {k: v for k, v in os.environ.items() if k != "MSA_CACHE_DIR"} | {"PYTHONPROFILEIMPORTTIME": "1"}
     again = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "demo", f"DEMO_DIR={out}",
                             "DEMO_PRESET=smallest"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -65,7 +65,7 @@ def test_make_demo_smallest_preset(tmp_path):
     for script, step in zip(scripts, steps):
         assert "up to date" in step, (script, step[-1500:])
         torch = re.search(r"\|\s*torch$", step, flags=re.M)
-        assert bool(torch) == (script in ("phase3/run_phase3.py", "final/run_final.py")), script
+        assert bool(torch) == (script == "final/run_final.py"), script
         assert not re.search(r"\|\s*(sklearn|optuna|matplotlib|onnxruntime|transformers)$", step, flags=re.M), script
 
 

@@ -97,9 +97,6 @@ def test_a_result_changing_environment_variable_recomputes(tmp_path, monkeypatch
 
 
 HEAVY = ("torch", "sklearn", "optuna", "matplotlib", "transformers", "onnxruntime")
-#: stages whose parser still reads a torch registry: phase 3's loss flags default to the loss constructors' own
-#: values (msa.imbalance.loss_default)
-PARSER_NEEDS_TORCH = {"phase3.run_phase3"}
 
 
 @pytest.mark.parametrize("module", ["phase0.data_cleaner", "phase0.data_analysis", "phase1.main", "phase2.run_phase2",
@@ -115,4 +112,4 @@ def test_a_stage_parses_its_flags_without_the_heavy_libraries(module):
                          timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     loaded = set(filter(None, res.stdout.strip().split(",")))
-    assert loaded <= ({"torch"} if module in PARSER_NEEDS_TORCH else set()), (module, loaded)
+    assert not loaded, (module, loaded)

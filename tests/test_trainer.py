@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -180,3 +181,27 @@ def test_a_killed_writers_temporaries_are_cleaned_when_the_run_starts_again(tmp_
         checkpoint_config={"model": model.config(), "labels": list(LABELS), "backbones": {}}, progress=False)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("every, writes", [(3600.0, 1), (0.0, 6)])
+def test_the_resume_state_is_written_after_the_first_epoch_then_every_few_seconds(tmp_path, monkeypatch, every,
+                                                                                   writes):
+    from msa import trainer
+
+    epochs = []
+    real = trainer._save_resume_state
+
+    def counted(run_dir, cfg, epoch, *a):
+        epochs.append(epoch)
+        assert (Path(run_dir) / "history.csv").is_file()  # written with it
+        return real(run_dir, cfg, epoch, *a)
+
+    monkeypatch.setattr(trainer, "SAVE_EVERY_S", every)
+    monkeypatch.setattr(trainer, "_save_resume_state", counted)
+    model, train, val = _setup()
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=6, batch_size=32, patience=0, seed=1)
+    fit(model, build_loss("ce"), train, val, cfg, LABELS, run_dir=tmp_path,
+        checkpoint_config={"model": model.config(), "labels": list(LABELS), "backbones": {}}, progress=False)
+    assert epochs == list(range(1, writes + 1))  # fast epochs: only after the first one (or every one with 0 s)
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == list(range(1, 7))  # complete at the end
+    assert not (tmp_path / trainer.RESUME_FILE).exists()
