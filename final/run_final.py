@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     seeds = parse_seeds(args.seeds)
     names = recipe.fold_names(args)
-    s = resolve(args)
+    # the files the stamp hashes follow from the settings; read them without the registries (torch) first
+    s = resolve(args, registries=False)
     variants = recipe.choose_variants(s, args)
     side_specs = {s.replace(**ov).side_features or "" for ov, _ in variants.values()}
     stamp_path = args.results_dir / "inputs.json"
@@ -122,6 +123,7 @@ def main(argv=None) -> int:
     if stamp.check(stamp_path, inputs, args.force, "final recipe"):
         print(f"final recipe: up to date ({args.results_dir}); --force recomputes")
         return 0
+    s = resolve(args)  # now every value checked, the registries' names included
     md, best_dir, bias, n_folds = recipe.run(args, s, variants, side_specs, names, seeds, t0)
     stamp.write(stamp_path, inputs, [args.results_dir / "summary.csv", best_dir / "ensemble.json"])
     print(md)

@@ -197,10 +197,11 @@ def from_args(cls, args: argparse.Namespace | Mapping[str, Any], **overrides):
     return cls(**values)
 
 
-def check_value(cls, name: str, value, source: str):
+def check_value(cls, name: str, value, source: str, registries: bool = True):
     """``value`` of field ``name`` of ``cls`` read from a file, checked as its flag checks it: a number where
     the field is a number (in range), one of the choices where it has choices. Returns the value as the flag
-    would (``"5"`` -> ``5`` for an int field, ``5.0`` -> ``5``)."""
+    would (``"5"`` -> ``5`` for an int field, ``5.0`` -> ``5``). ``registries=False`` leaves out the choices
+    that a registry gives (no registry is imported: an up-to-date check's preliminary reading)."""
     table = {f.name: (f, opt) for f, opt in fields(cls)}
     if name not in table or value is None:
         return value
@@ -220,7 +221,7 @@ def check_value(cls, name: str, value, source: str):
             raise cli.UserError(f"{source}: {name} {exc}") from None
     if not isinstance(value, str):
         raise cli.UserError(f"{source}: {name} must be a string, got {value!r}")
-    choices = opt.choice_list()
+    choices = opt.choice_list() if registries or not callable(opt.choices) else None
     if choices is not None and value not in choices:
         raise cli.UserError(f"{source}: {name} must be one of {', '.join(map(str, choices))}, got {value!r}")
     if opt.type is not None:
@@ -233,7 +234,7 @@ def check_value(cls, name: str, value, source: str):
 
 def check_mapping(cls, data, source: str, *, aliases: Mapping[str, str] | None = None,
                   ignore: Iterable[str] = (), on_alias: Callable[[str, str], None] | None = None,
-                  strict: bool = True) -> dict[str, Any]:
+                  strict: bool = True, registries: bool = True) -> dict[str, Any]:
     """The fields of ``cls`` that the JSON object ``data`` sets, each checked (:func:`check_value`).
 
     ``aliases`` maps old spellings to field names (``on_alias(old, new)`` is told of each); keys in ``ignore``
@@ -250,7 +251,7 @@ def check_mapping(cls, data, source: str, *, aliases: Mapping[str, str] | None =
                 on_alias(key, aliases[key])
             key = aliases[key]
         if key in names:
-            out[key] = check_value(cls, key, value, source)
+            out[key] = check_value(cls, key, value, source, registries)
         elif strict and key not in ignore:
             known = ", ".join(sorted(names)) + (f" (and {', '.join(sorted(ignore))})" if ignore else "")
             raise cli.UserError(f"{source}: unknown setting {key!r}; the settings are {known}")

@@ -163,12 +163,12 @@ _ALIASES = {"fusion": "feature_fusion", "loss": "loss_type"}
 PRESET_METADATA = ("name", "description")
 
 
-def _checked(data, source: str, strict: bool, aliases: bool = True) -> dict:
+def _checked(data, source: str, strict: bool, aliases: bool = True, registries: bool = True) -> dict:
     def warn(old, new):
         log.warning("%s: %r is an old spelling of %r (accepted for now; please rename it)", source, old, new)
 
     return check_mapping(Settings, data, source, aliases=_ALIASES if aliases else None, ignore=PRESET_METADATA,
-                         on_alias=warn, strict=strict)
+                         on_alias=warn if registries else None, strict=strict, registries=registries)
 
 
 @dataclass(frozen=True)
@@ -222,13 +222,18 @@ def read_json_file(path: str | Path, what: str) -> dict:
         raise cli.UserError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
-def resolve(args, base: dict | None = None) -> Settings:
+def resolve(args, base: dict | None = None, registries: bool = True) -> Settings:
     """Defaults < ``base`` < ``--preset`` < explicit flags, each layer checked (an unknown key of a preset, or a
-    value of the wrong type or range, is a :class:`msa.cli.UserError` naming the key and the file)."""
-    values = _checked(base or {}, "the settings it starts from", strict=False)
+    value of the wrong type or range, is a :class:`msa.cli.UserError` naming the key and the file).
+
+    ``registries=False``: the names a registry gives (fusion, loss, ...) are not checked and no registry (torch) is
+    imported, and old spellings are not warned of: what a stage's up-to-date check reads before it knows whether
+    it has work to do; the stage resolves again, fully, once it has."""
+    values = _checked(base or {}, "the settings it starts from", strict=False, registries=registries)
     preset = getattr(args, "preset", None)
     if preset:
-        values.update(_checked(read_json_file(preset, "preset"), f"preset {preset}", strict=True))
+        values.update(_checked(read_json_file(preset, "preset"), f"preset {preset}", strict=True,
+                               registries=registries))
     for k in SETTING_NAMES:
         if getattr(args, k, None) is not None:
             values[k] = getattr(args, k)
