@@ -175,6 +175,19 @@ def weights_sha256(files: Sequence[str | Path]) -> str:
     return hashlib.sha256("".join(f"{n}\t{d}\n" for n, d in digests).encode("utf-8")).hexdigest()
 
 
+def weights_sha256_soon(files: Sequence[str | Path]) -> Callable[[], str]:
+    """:func:`weights_sha256` of ``files``, started now in a background thread; call the result for the digest.
+
+    hashlib releases the GIL while it hashes, so the digest of a large weights file (MPNet's 420 MB, ~4 s here)
+    is computed on the second core while the model and its tokenizer load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="weights-sha256")
+    future = pool.submit(weights_sha256, list(files))
+    pool.shutdown(wait=False)
+    return future.result
+
+
 # ------------------------------------------------------------------------------------------ frozen modules
 
 class _Frozen(nn.Module):
@@ -376,6 +389,7 @@ def text_backbone(name_or_path: str, pooling: str | None = None, *,
 def _load_hf_text(folder: Path, pooling: str | None, max_length: int, registry_name: str | None = None,
                   precision: str = "fp32") -> TextBackbone:
     weights = _check_folder(folder, "text")
+    digest = weights_sha256_soon(weights)
     from transformers import AutoModel, AutoTokenizer
 
     model, loading = _from_pretrained(AutoModel, folder, "text")
@@ -396,7 +410,7 @@ def _load_hf_text(folder: Path, pooling: str | None, max_length: int, registry_n
     max_length = min(int(max_length), limit) if limit else int(max_length)
     dim = int(tower.config.hidden_size)
     info = BackboneInfo(
-        kind="text", name=registry_name or str(folder), source=str(folder), weights_sha256=weights_sha256(weights),
+        kind="text", name=registry_name or str(folder), source=str(folder), weights_sha256=digest(),
         dim=dim, architecture=type(tower).__name__, registry=registry_name is not None,
         preprocessing={"max_length": max_length, "pooling": pooling, "lowercase": _lowercases(tokenizer),
                        "tokenizer": type(tokenizer).__name__, "vocab_size": len(tokenizer)})

@@ -58,24 +58,36 @@ def run(args, s, seeds: list[int], say: Callable[[str], None] = print) -> tuple[
     return md, best_dir
 
 
-def logistic_probe(fs, data) -> dict:
+def logistic_probe(fs, data, n_jobs: int | None = None) -> dict:
     """Reference: multinomial logistic regression on the standardised, concatenated pooled features, its
-    regularisation chosen by 5-fold cross-validation on the training split (deterministic: no seed)."""
+    regularisation chosen by 5-fold cross-validation on the training split (deterministic: no seed).
+
+    The 5 folds' regularisation paths are fitted in ``n_jobs`` threads (None: one per core; the solver and BLAS
+    release the GIL) of one BLAS thread each, as :func:`msa.probes.fit_logreg_cv` does: 2.7x faster here than
+    one fold after the other with two BLAS threads (which only spin on these small matrices); the same C and
+    metrics (ECE to ~1e-15)."""
     import warnings
 
     import numpy as np
+    from joblib import parallel_backend
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     from msa.data import LABELS
     from msa.fusions import SIDE
     from msa.metrics import classification_metrics
+    from msa.workers import cores
 
     x = np.concatenate([fs.pooled[m].numpy() for m in fs.pooled if m != SIDE], axis=1)
+    if n_jobs is None:
+        n_jobs = cores()
     clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], cv=5,
-                                                               scoring="f1_weighted", max_iter=3000))
-    with warnings.catch_warnings():
+                                                               scoring="f1_weighted", max_iter=3000,
+                                                               n_jobs=n_jobs))
+    # threads, not the processes sklearn starts for lbfgs
+    with warnings.catch_warnings(), parallel_backend("threading"), threadpool_limits(limits=1):
         warnings.simplefilter("ignore")  # sklearn's FutureWarnings about its own defaults
         clf.fit(x[data.train_idx], data.labels[data.train_idx])
     proba = clf.predict_proba(x[data.val_idx])

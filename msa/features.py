@@ -118,7 +118,7 @@ class FeatureStore:
     def save(self, key: str, tensor: torch.Tensor, kind: str = "pooled") -> None:
         path = self.path(key, kind)
         meta = {"key": key, "backbone": self.backbone_key, "version": CACHE_VERSION}
-        with atomic_path(path) as tmp:
+        with atomic_path(path, durable=False) as tmp:  # load() checks every entry and recomputes a bad one
             save_file({kind: tensor.contiguous()}, str(tmp), metadata=meta)
 
 
@@ -363,9 +363,9 @@ def _malloc_trim() -> None:
 
 
 def _cores() -> int:
-    import os
+    from msa.workers import cores
 
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores()
 
 
 @torch.inference_mode()

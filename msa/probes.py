@@ -14,7 +14,6 @@ then probabilities and :func:`msa.metrics.classification_metrics` on ``x[val_idx
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,7 +115,9 @@ def fit_logreg_cv(x_train, y_train, *, cs: Sequence[float] = DEFAULT_CS, folds: 
         raise ValueError(f"x_train {x.shape} and y_train {y.shape} do not match")
     check_folds(y, folds)
     if n_threads is None:
-        n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from msa.workers import cores
+
+        n_threads = cores()
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores = np.zeros((len(cs), folds))
     unconverged = 0

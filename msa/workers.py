@@ -34,6 +34,11 @@ def _call(fn: Callable[[dict, Any], Any], job):
     return fn(_SHARED, job)
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def worker_threads(n_jobs: int) -> int:
     """Torch threads per worker: the cores shared out, at least one."""
     return max(1, (os.cpu_count() or 1) // max(1, n_jobs))

@@ -374,3 +374,19 @@ def test_a_text_group_overlaps_with_the_images_and_gives_the_sequential_features
     assert both.pooled["text"].shape[1] == group.info.dim and both.backbones["text"]["name"] == group.info.name
     for m in ("text", "image"):
         assert torch.equal(seq.pooled[m], both.pooled[m])
+
+
+def test_cache_entries_skip_the_fsync_that_results_get(tmp_path, monkeypatch):
+    # a cache entry is checked when read (corrupt ones are recomputed, test above), so it is written without the
+    # ~1 ms fsync per file; a result file (write_json) still gets one
+    import msa.io
+
+    synced = []
+    real = msa.io.os.fsync
+    monkeypatch.setattr(msa.io.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    store = FeatureStore(tmp_path / "cache", "fake-key", 3)
+    store.save("abc", torch.ones(3))
+    assert synced == [] and torch.equal(store.load("abc"), torch.ones(3))
+    msa.io.write_json(tmp_path / "r.json", {"a": 1})
+    assert len(synced) == 1
+    assert not list((tmp_path / "cache").rglob(".*.tmp"))

@@ -160,3 +160,24 @@ def test_one_post_latency_benchmark_predicts_new_posts_one_by_one(trained, capsy
     out = capsys.readouterr().out
     assert "1 member(s)" in out and "next 3 posts one by one: median" in out
     assert out.strip().splitlines()[-1].startswith("post_ms_median=")
+
+
+def test_logistic_probe_in_threads_equals_one_after_the_other():
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from msa.baseline import logistic_probe
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    x = rng.normal(size=(300, 24)) + y[:, None] * 0.3
+    fs = SimpleNamespace(pooled={"text": torch.tensor(x[:, :12], dtype=torch.float32),
+                                 "image": torch.tensor(x[:, 12:], dtype=torch.float32)})
+    data = SimpleNamespace(labels=y, train_idx=np.arange(240), val_idx=np.arange(240, 300))
+    one, two = logistic_probe(fs, data, n_jobs=1), logistic_probe(fs, data, n_jobs=2)
+    assert one["C"] == two["C"]
+    assert {k: round(v, 9) for k, v in one.items() if isinstance(v, float)} == \
+        {k: round(v, 9) for k, v in two.items() if isinstance(v, float)}
+    assert one["weighted_f1"] > 0.4  # the features carry the label: the probe learns something
