@@ -489,7 +489,16 @@ class ImageBackbone(_Frozen):
     @torch.no_grad()
     def top_classes(self, pixel_values: Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable (class name, probability) pairs per image."""
-        probs = self.classify(pixel_values).float().softmax(-1)
+        return self.top_of_logits(self.classify(pixel_values), k)
+
+    def head_logits(self, pooled: Tensor) -> Tensor | None:
+        """Class logits from pooled vectors (as ``forward`` returns them), or ``None`` when the backbone's
+        classifier does not read exactly those (then only :meth:`classify` gives the logits)."""
+        return None
+
+    def top_of_logits(self, logits: Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable (class name, probability) pairs of each row of ``logits``."""
+        probs = logits.float().softmax(-1)
         values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
         names = self.class_names or [str(i) for i in range(probs.shape[-1])]
         return [[(names[int(i)], float(v)) for v, i in zip(vs, ix)] for vs, ix in zip(values, indices)]
@@ -547,6 +556,16 @@ class TimmImageBackbone(ImageBackbone):
     def classify(self, pixel_values: Tensor) -> Tensor:
         with self._grad_context():
             return self.model(self._layout(pixel_values))
+
+    @torch.no_grad()
+    def head_logits(self, pooled: Tensor) -> Tensor | None:
+        """timm's head on our pooled vectors: its average pool is ``forward``'s mean over the feature map, then
+        the classifier (dropout is off in eval). Other pools (max, catavgmax, ...) give ``None``."""
+        pool = getattr(self.model, "global_pool", None)
+        head = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
+        if getattr(pool, "pool_type", None) != "avg" or not isinstance(head, nn.Linear):
+            return None
+        return head(pooled.to(head.weight.dtype))
 
     def _layout(self, pixel_values: Tensor) -> Tensor:
         return pixel_values.contiguous(memory_format=torch.channels_last) if self.channels_last else pixel_values

@@ -318,3 +318,29 @@ def test_imagenet_captioner_offline(tmp_path):
         assert not words & SENTIMENT_WORDS, r.caption
     # documented behaviour: a missing image is a failure, not a caption of the grey placeholder
     assert res[1].caption is None and res[1].error == "no image"
+
+
+def test_imagenet_captions_through_onnx_equal_pytorch(tmp_path):
+    # the ONNX export + the backbone's own classifier head name the same classes as the eager model
+    import numpy as np
+    import torch
+
+    from msa.backbones import image_backbone
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(6):
+        img = Image.fromarray(rng.integers(0, 255, (160, 200, 3), dtype=np.uint8))
+        ImageDraw.Draw(img).ellipse((30 + 5 * i, 20, 150, 140), fill=(int(40 * i), 180, 90))
+        paths.append(tmp_path / f"{i}.png")
+        img.save(paths[-1])
+    bb = image_backbone("efficientnet_lite0")
+    items = [(str(i), p) for i, p in enumerate(paths)]
+    eager = cap.ImageNetCaptioner(bb, top_k=3, batch_size=4).caption(items)
+    fast_cap = cap.ImageNetCaptioner(bb, top_k=3, batch_size=4, onnx_dir=tmp_path / "cache")
+    assert fast_cap._top_classes(True).__name__ == "via_onnx"  # onnxruntime is installed: its route is taken
+    fast = fast_cap.caption(items)
+    assert [r.caption for r in fast] == [r.caption for r in eager]
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    logits = bb.head_logits(bb(bb.preprocess([Image.open(paths[0]).convert("RGB")]))[0])
+    assert torch.allclose(logits, bb.classify(bb.preprocess([Image.open(paths[0]).convert("RGB")])), atol=1e-4)
