@@ -21,7 +21,7 @@ os.environ["MSA_TEXT_PRECISION"] = "fp32"
 FAST_FILES = frozenset({
     "test_cli.py", "test_data.py", "test_metrics.py", "test_losses.py", "test_stamp.py", "test_layout.py",
     "test_errors.py", "test_captioning.py", "test_pretrained.py", "test_report.py", "test_features.py",
-    "test_registries.py", "test_core.py",
+    "test_registries.py", "test_core.py", "test_splits.py",
 })
 
 
