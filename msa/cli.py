@@ -215,9 +215,33 @@ _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.
                                  errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR, errno.ENOTDIR, errno.EFBIG})
 
 
-def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a phase's ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2."""
+def foreign_library(main: Callable) -> Path | None:
+    """The checkout ``main``'s file belongs to, when that is not the checkout this ``msa`` library was imported
+    from (else None). It happens with a ``.venv`` copied from another checkout: its editable install still points
+    at the other one, so a phase script of this checkout would run that checkout's library and write its
+    ``dataset/`` there."""
+    import inspect
+
     try:
+        path = Path(inspect.getfile(main)).resolve()
+    except (TypeError, OSError):
+        return None
+    for parent in path.parents:
+        if (parent / "msa" / "__init__.py").is_file():
+            return None if parent == REPO_ROOT else parent
+    return None
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a phase's ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2. A script
+    of one checkout that imported another checkout's library (a copied ``.venv``) is refused the same way."""
+    try:
+        other = foreign_library(main)
+        if other is not None:
+            raise UserError(f"this script belongs to the checkout {other}, but its Python imports "
+                            f"the msa library of {REPO_ROOT} (a .venv copied from another checkout, whose editable "
+                            f"install points there, or a non-editable install); in {other} run: .venv/bin/python "
+                            f"-m pip install --no-deps --no-build-isolation -e .")
         return int(main(argv) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
