@@ -85,20 +85,35 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_image(path: Path | None) -> tuple[bytes, Image.Image] | str:
-    """(original bytes, RGB image with EXIF orientation applied), or a reason string when there is none."""
+def _read_bytes(path: Path | None) -> bytes | str:
+    """A file's bytes (at most MAX_IMAGE_BYTES), or a reason string when there are none."""
     if path is None:
         return "no image"
     try:
         data, _ = read_capped(path, MAX_IMAGE_BYTES)
-        if not data:
-            return f"no image ({Path(path).name} is empty)"
+    except Exception as exc:  # noqa: BLE001 - a bad file is one failure, never a crash
+        return f"no image ({Path(path).name}: {type(exc).__name__}: {str(exc)[:150]})"
+    return data if data else f"no image ({Path(path).name} is empty)"
+
+
+def _decode(data: bytes, path: Path | None) -> Image.Image | str:
+    """The RGB image (EXIF orientation applied) of a file's bytes, or a reason string."""
+    try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            return data, to_rgb(img)
+            return to_rgb(img)
     except Exception as exc:  # noqa: BLE001 - a bad file is one failure, never a crash
-        return f"no image ({Path(path).name}: {type(exc).__name__}: {str(exc)[:150]})"
+        return f"no image ({Path(path).name if path else 'image'}: {type(exc).__name__}: {str(exc)[:150]})"
+
+
+def _read_image(path: Path | None) -> tuple[bytes, Image.Image] | str:
+    """(original bytes, RGB image with EXIF orientation applied), or a reason string when there is none."""
+    data = _read_bytes(path)
+    if isinstance(data, str):
+        return data
+    img = _decode(data, path)
+    return img if isinstance(img, str) else (data, img)
 
 
 # ---------------------------------------------------------------------------------------------- offline
@@ -147,40 +162,57 @@ class ImageNetCaptioner:
             return None
 
     def caption(self, items: list[tuple[str, Path | None]]) -> list[CaptionResult]:
+        """One result per item, in order. The cache is looked up by each file's bytes; only the images it lacks
+        are decoded, one batch at a time (decoding all of phase 4's ~1,000 hard posts first held ~1 GB)."""
         import torch
         from tqdm.auto import tqdm
 
         results: list[CaptionResult | None] = [None] * len(items)
-        loaded: list[tuple[int, Image.Image, str]] = []
+        pending: list[tuple[int, bytes, str]] = []  # (item, file bytes, cache key): to classify
         for i, (guid, path) in enumerate(items):
-            got = _read_image(path)
+            got = _read_bytes(path)
             if isinstance(got, str):
                 results[i] = CaptionResult(guid, None, "offline", got)
                 continue
-            key = self.cache_key(got[0])
+            key = self.cache_key(got)
             cached = self._cache_get(key)
             if cached is not None:
                 results[i] = CaptionResult(guid, cached, "cache")
             else:
-                loaded.append((i, got[1], key))
+                pending.append((i, got, key))
         try:
             device = next(self.backbone.parameters()).device
         except (StopIteration, AttributeError):
             device = torch.device("cpu")
-        top_classes = self._top_classes(bool(loaded))
-        with tqdm(total=len(loaded), desc="captions (imagenet classes)", unit="img", disable=None) as bar:
-            for start in range(0, len(loaded), self.batch_size):
-                chunk = loaded[start:start + self.batch_size]
-                pixels = self.backbone.preprocess([img for _, img, _ in chunk]).to(device)
-                tops = top_classes(pixels)
-                for (i, _, key), top in zip(chunk, tops):
-                    text = self.describe([name for name, _ in top])
-                    results[i] = CaptionResult(items[i][0], text, "offline")
-                    if self.cache_dir is not None:
-                        write_json(self.cache_dir / f"{key}.json", {"version": CACHE_VERSION, "guid": items[i][0],
-                                                                     "caption": text, "created": _now()})
-                self.computed += len(chunk)
-                bar.update(len(chunk))
+        top_classes = self._top_classes(bool(pending))
+
+        def classify(chunk: list[tuple[int, Image.Image, str]], top_classes) -> None:
+            pixels = self.backbone.preprocess([img for _, img, _ in chunk]).to(device)
+            for (i, _, key), top in zip(chunk, top_classes(pixels)):
+                text = self.describe([name for name, _ in top])
+                results[i] = CaptionResult(items[i][0], text, "offline")
+                if self.cache_dir is not None:
+                    write_json(self.cache_dir / f"{key}.json", {"version": CACHE_VERSION, "guid": items[i][0],
+                                                                 "caption": text, "created": _now()})
+            self.computed += len(chunk)
+
+        with tqdm(total=len(pending), desc="captions (imagenet classes)", unit="img", disable=None) as bar:
+            chunk: list[tuple[int, Image.Image, str]] = []
+            for n, (i, data, key) in enumerate(pending, 1):
+                got = _decode(data, items[i][1])
+                if isinstance(got, str):  # the batches hold decodable images only, as before
+                    results[i] = CaptionResult(items[i][0], None, "offline", got)
+                else:
+                    chunk.append((i, got, key))
+                if len(chunk) == self.batch_size or (n == len(pending) and chunk):
+                    classify(chunk, top_classes)
+                    chunk = []
+                bar.update(1)
+        # the ONNX session (its arena) goes now, not with the process: phase 4 fine-tunes next
+        del top_classes
+        from msa.features import malloc_trim
+
+        malloc_trim()
         return [r for r in results if r is not None]
 
     def _top_classes(self, needed: bool):
@@ -194,7 +226,8 @@ class ImageNetCaptioner:
 
         from msa.onnx_accel import fast_image_forward
 
-        forward = fast_image_forward(self.backbone, self.onnx_dir)
+        # a session of its own (not the process's shared one), freed with this function after the captions
+        forward = fast_image_forward(self.backbone, self.onnx_dir, reuse=False)
         if isinstance(forward, torch.nn.Module):
             return eager  # the backbone itself: no onnxruntime here, or not a CNN on the CPU
 

@@ -349,11 +349,12 @@ def limit_malloc_arenas(n: int = 2) -> None:
         pass
 
 
-#: the lanes give freed memory back every this many batches (:func:`_malloc_trim`)
+#: the lanes give freed memory back every this many batches (:func:`malloc_trim`)
 TRIM_EVERY = 8
 
 
-def _malloc_trim() -> None:
+def malloc_trim() -> None:
+    """Give the heap's freed pages back to the system (glibc; elsewhere nothing)."""
     try:
         import ctypes
 
@@ -408,7 +409,7 @@ def _overlapped(text_plans: list[_Plan], image_plans: list[_Plan]) -> None:
                         done[0] += 1
                         trim = done[0] % TRIM_EVERY == 0
                     if trim:  # the lanes' activations of growing sizes fragment the heap: give free pages back
-                        _malloc_trim()
+                        malloc_trim()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             errors.append(exc)
 
@@ -583,7 +584,7 @@ def release_memory() -> None:
 
     drop_sessions()  # their arenas are the largest part of an image pass's memory
     gc.collect()
-    _malloc_trim()
+    malloc_trim()
 
 
 def _info_dict(info) -> dict:

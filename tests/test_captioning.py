@@ -339,8 +339,19 @@ def test_imagenet_captions_through_onnx_equal_pytorch(tmp_path):
     eager = cap.ImageNetCaptioner(bb, top_k=3, batch_size=4).caption(items)
     fast_cap = cap.ImageNetCaptioner(bb, top_k=3, batch_size=4, onnx_dir=tmp_path / "cache")
     assert fast_cap._top_classes(True).__name__ == "via_onnx"  # onnxruntime is installed: its route is taken
+    from msa import onnx_accel
+
+    shared = dict(onnx_accel._SESSIONS)
     fast = fast_cap.caption(items)
     assert [r.caption for r in fast] == [r.caption for r in eager]
+    assert onnx_accel._SESSIONS == shared  # a session of its own, freed with the captions (phase 4 trains next)
+    # images are decoded batch by batch: an undecodable file among them is one failure, the others as before
+    (tmp_path / "bad.png").write_bytes(b"not an image at all")
+    mixed = items[:3] + [("bad", tmp_path / "bad.png")] + items[3:]
+    again = cap.ImageNetCaptioner(bb, top_k=3, batch_size=4, onnx_dir=tmp_path / "cache").caption(mixed)
+    assert [r.guid for r in again] == [g for g, _ in mixed]
+    assert [r.caption for r in again if r.guid != "bad"] == [r.caption for r in eager]
+    assert again[3].caption is None and again[3].error.startswith("no image (bad.png")
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))
     logits = bb.head_logits(bb(bb.preprocess([Image.open(paths[0]).convert("RGB")]))[0])
     assert torch.allclose(logits, bb.classify(bb.preprocess([Image.open(paths[0]).convert("RGB")])), atol=1e-4)
