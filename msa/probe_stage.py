@@ -300,16 +300,15 @@ def _predictions(row_id: str, val_guids: list[str], y_val, proba):
     return frame
 
 
-def _probe(emb: Embeddings, name: str, data, probe_kw: dict, **threads_kw):
-    """One linear probe on the feature set ``name``: (its row's extra entries, probabilities, metrics).
-    ``threads_kw``: how :func:`msa.probes.fit_logreg_cv` uses threads (not part of the recorded settings)."""
+def _probe(emb: Embeddings, name: str, data, probe_kw: dict):
+    """One linear probe on the feature set ``name``: (its row's extra entries, probabilities, metrics)."""
     from msa.data import LABELS
     from msa.probes import evaluate_probe
 
     cs = probe_kw["cs"]
     t = time.time()
     fit, proba, metrics = evaluate_probe(emb.sets[name], data.labels, data.train_idx, data.val_idx,
-                                         label_names=LABELS, **probe_kw, **threads_kw)
+                                         label_names=LABELS, **probe_kw)
     log.info("probe %s: C %g by %d-fold CV on %d training posts (%s %.4f), validation weighted F1 %.4f, "
              "neutral F1 %.4f (%.1f s)", name, fit.C, fit.folds, fit.n_train, fit.cv_metric,
              max(r["mean"] for r in fit.cv), metrics["weighted_f1"], metrics["f1_neutral"], time.time() - t)
@@ -317,23 +316,6 @@ def _probe(emb: Embeddings, name: str, data, probe_kw: dict, **threads_kw):
         log.warning("probe %s: the chosen C %g is at the edge of --c-grid; a wider grid may fit better", name,
                     fit.C)
     return {"C": fit.C, "dim": int(emb.sets[name].shape[1]), "cv": fit.record()}, proba, metrics
-
-
-def _probes_at_once(emb: Embeddings, data, probe_kw: dict) -> list:
-    """``_probe`` for every PROBE_SETS entry, in that order: one thread per core, each probe's CV folds one
-    after the other in its thread, with one BLAS thread each and the warnings filter set once here (both are
-    process-wide). Each probe is the same computation as alone, so the rows are identical; the three probes
-    take ~25 s instead of ~32 s with each probe's folds in threads (a probe's refit, which waits for its folds,
-    now overlaps the next probe's folds)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from msa.probes import fitting_context
-    from msa.workers import cores
-
-    with fitting_context(blas_threads=1, quiet=True), ThreadPoolExecutor(max(1, min(len(PROBE_SETS), cores()))) as pool:
-        jobs = [pool.submit(_probe, emb, name, data, probe_kw, blas_threads=None, n_threads=1, quiet=False)
-                for name in PROBE_SETS]
-        return [job.result() for job in jobs]
 
 
 def probe_rows(emb: Embeddings, data, probe_kw: dict) -> tuple[list[dict], list]:
@@ -346,7 +328,8 @@ def probe_rows(emb: Embeddings, data, probe_kw: dict) -> tuple[list[dict], list]
     y_val = data.labels[data.val_idx]
     rows, preds = [], []
     tag = "" if emb.info["mode"] == "clip" else " (not CLIP)"
-    for name, (extra, proba, metrics) in zip(PROBE_SETS, _probes_at_once(emb, data, probe_kw)):
+    for name in PROBE_SETS:
+        extra, proba, metrics = _probe(emb, name, data, probe_kw)
         rows.append(_row(f"probe_{name}", emb.labels[name], f"probe {name}{tag}", "linear probe",
                          emb.info["features"], len(val_guids), metrics, extra))
         preds.append(_predictions(f"probe_{name}", val_guids, y_val, proba))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,30 +77,6 @@ def _pipeline(C: float, standardize: bool, class_weight: str | None, max_iter: i
     return make_pipeline(StandardScaler(), clf) if standardize else make_pipeline(clf)
 
 
-def _unconverged(model, max_iter: int) -> int:
-    """1 if the pipeline's logistic regression stopped at ``max_iter`` iterations (sklearn's convergence
-    warning; counted from the fit itself, because a warnings filter is process-wide, not per thread)."""
-    return int(np.max(model[-1].n_iter_) >= max_iter)
-
-
-@contextmanager
-def fitting_context(blas_threads: int | None = 1, quiet: bool = True):
-    """``blas_threads`` BLAS threads (None: unchanged) and, if ``quiet``, sklearn's convergence warnings
-    silenced, for the fits inside. Both are process-wide: enter it once, in the thread that starts the fits."""
-    from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits
-
-    with ExitStack() as stack:
-        if blas_threads is not None:
-            # one BLAS thread: these matrices are small, and extra threads only spin (several times slower on a
-            # busy CPU)
-            stack.enter_context(threadpool_limits(limits=blas_threads))
-        if quiet:
-            stack.enter_context(warnings.catch_warnings())
-            warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
-
-
 def check_folds(y: np.ndarray, folds: int) -> None:
     """Every class of ``y`` needs at least ``folds`` rows for a stratified ``folds``-fold CV."""
     if folds < 2:
@@ -117,18 +92,17 @@ def check_folds(y: np.ndarray, folds: int) -> None:
 def fit_logreg_cv(x_train, y_train, *, cs: Sequence[float] = DEFAULT_CS, folds: int = 5, seed: int = 0,
                   cv_metric: str = "weighted_f1", standardize: bool = True, class_weight: str | None = None,
                   max_iter: int = DEFAULT_MAX_ITER, n_classes: int = 3, blas_threads: int | None = 1,
-                  n_threads: int | None = None, quiet: bool = True) -> ProbeFit:
+                  n_threads: int | None = None) -> ProbeFit:
     """Choose C by stratified ``folds``-fold CV on (``x_train``, ``y_train``) and refit on all of them.
 
     Only these rows are ever seen: the caller passes its training split, never its validation split.
     ``blas_threads`` limits numpy's BLAS threads while fitting (None: leave them as they are); ``n_threads``
-    folds are fitted at once (None: one per core); ``quiet`` silences sklearn's convergence warnings while
-    fitting (a fit that reaches ``max_iter`` is counted and reported once instead). Threads that fit several
-    probes at once pass ``blas_threads=None, quiet=False`` and run inside :func:`fitting_context`, because
-    both settings are process-wide and would be undone by whichever thread finished first."""
+    folds are fitted at once (None: one per core)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     if cv_metric not in CV_METRICS:
         raise UserError(f"unknown CV metric {cv_metric!r}: choose one of {', '.join(CV_METRICS)}")
@@ -146,29 +120,29 @@ def fit_logreg_cv(x_train, y_train, *, cs: Sequence[float] = DEFAULT_CS, folds: 
         n_threads = cores()
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores = np.zeros((len(cs), folds))
+    unconverged = 0
+    # one BLAS thread: these matrices are small, and extra threads only spin (several times slower on a busy CPU)
+    with threadpool_limits(limits=blas_threads), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        def fold_path(split) -> list[float]:  # one fold's scores along the C path
+            tr, te = split
+            model = _pipeline(cs[0], standardize, class_weight, max_iter, warm_start=True)
+            out = []
+            for c in cs:  # ascending C: each fit starts from the previous solution
+                model.set_params(logisticregression__C=c)
+                model.fit(x[tr], y[tr])
+                out.append(cv_score(cv_metric, y[te], model.predict(x[te])))
+            return out
 
-    def fold_path(split) -> tuple[list[float], int]:  # one fold's scores along the C path, unconverged fits
-        tr, te = split
-        model = _pipeline(cs[0], standardize, class_weight, max_iter, warm_start=True)
-        out, missed = [], 0
-        for c in cs:  # ascending C: each fit starts from the previous solution
-            model.set_params(logisticregression__C=c)
-            model.fit(x[tr], y[tr])
-            missed += _unconverged(model, max_iter)
-            out.append(cv_score(cv_metric, y[te], model.predict(x[te])))
-        return out, missed
-
-    with fitting_context(blas_threads, quiet):
         # the folds are independent: one thread each, up to the cores (BLAS and the solver release the GIL);
         # every fold's path is the same computation as in a loop, so the scores are identical
         with ThreadPoolExecutor(max(1, min(folds, n_threads or 1))) as pool:
-            paths = list(pool.map(fold_path, list(splitter.split(x, y))))
-        for f, (fold_scores, _) in enumerate(paths):
-            scores[:, f] = fold_scores
+            for f, fold_scores in enumerate(pool.map(fold_path, list(splitter.split(x, y)))):
+                scores[:, f] = fold_scores
         best = int(np.argmax(scores.mean(1)))  # first maximum = the smallest C among ties
         final = _pipeline(cs[best], standardize, class_weight, max_iter)
         final.fit(x, y)
-    unconverged = sum(missed for _, missed in paths) + _unconverged(final, max_iter)
+        unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
     if unconverged:
         log.warning("logistic regression did not converge in %d of %d fits (max_iter %d); the probe may be "
                     "slightly under-fitted", unconverged, len(cs) * folds + 1, max_iter)

@@ -267,34 +267,6 @@ def test_fit_logreg_cv_picks_the_best_mean_cv_score_and_is_seeded():
         assert probes.fit_logreg_cv(x, y, cs=[10.0, 1e-4, 1.0], folds=3, seed=3, n_threads=threads).cv == fit.cv
 
 
-def test_probes_at_once_equal_one_after_the_other_and_leave_no_process_setting_behind(recwarn):
-    """The three probes in threads give each probe's lone result; the BLAS limit and the warnings filter, which
-    are process-wide, are set once and restored; a fit stopped at max_iter is counted, its warning silenced."""
-    import types
-    import warnings
-
-    from threadpoolctl import threadpool_info
-
-    rng = np.random.default_rng(4)
-    n = 150
-    y = np.arange(n) % 3
-    base = rng.normal(size=(n, 8)) + np.eye(3)[y] @ rng.normal(size=(3, 8))
-    sets = {"image": base[:, :5], "text": base[:, 5:], "image+text": base}
-    emb = probe_stage.Embeddings(sets, {}, {"mode": "fallback"}, {}, {}, None)
-    data = types.SimpleNamespace(labels=y, train_idx=list(range(100)), val_idx=list(range(100, n)))
-    kw = {"cs": [1e-3, 0.1, 10.0], "folds": 3, "seed": 5}
-    filters, blas = list(warnings.filters), [m.get("num_threads") for m in threadpool_info()]
-    together = probe_stage._probes_at_once(emb, data, kw)
-    assert list(warnings.filters) == filters and [m.get("num_threads") for m in threadpool_info()] == blas
-    for name, (extra, proba, metrics) in zip(probe_stage.PROBE_SETS, together):
-        alone_extra, alone_proba, alone_metrics = probe_stage._probe(emb, name, data, kw)
-        assert extra == alone_extra and np.array_equal(proba, alone_proba) and metrics == alone_metrics
-        assert extra["cv"]["converged"]
-    short = probe_stage._probes_at_once(emb, data, {**kw, "max_iter": 1})
-    assert not any(extra["cv"]["converged"] for extra, _, _ in short)
-    assert not [w for w in recwarn if "converge" in str(w.message)]
-
-
 def test_bad_flags_are_one_line_errors(setup, capsys):
     assert run_main(phase6.main, setup["base"] + ["--cv-folds", "1"]) == 2
     assert "--cv-folds must be at least 2" in capsys.readouterr().err
