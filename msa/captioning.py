@@ -107,15 +107,6 @@ def _decode(data: bytes, path: Path | None) -> Image.Image | str:
         return f"no image ({Path(path).name if path else 'image'}: {type(exc).__name__}: {str(exc)[:150]})"
 
 
-def _read_image(path: Path | None) -> tuple[bytes, Image.Image] | str:
-    """(original bytes, RGB image with EXIF orientation applied), or a reason string when there is none."""
-    data = _read_bytes(path)
-    if isinstance(data, str):
-        return data
-    img = _decode(data, path)
-    return img if isinstance(img, str) else (data, img)
-
-
 # ---------------------------------------------------------------------------------------------- offline
 class ImageNetCaptioner:
     """Describes each image by the image backbone's top-k ImageNet classes: no network, no key.
@@ -420,7 +411,11 @@ class OpenAICaptioner:
                 self._sleep(delay)
         raise _Failure(f"retries exhausted after {self.max_retries + 1} attempts: {last}")
 
-    def _work(self, key: str, guid: str, img: Image.Image) -> tuple[str | None, str | None]:
+    def _work(self, key: str, guid: str, data: bytes, path: Path | None) -> tuple[str | None, str | None]:
+        img = _decode(data, path)  # here, so at most --vlm-concurrency images are decoded at once
+        if isinstance(img, str):
+            self._record_failure(guid, img)
+            return None, img
         try:
             caption = self._request(self.encode_image(img))
         except _Failure as exc:
@@ -435,28 +430,30 @@ class OpenAICaptioner:
         from tqdm.auto import tqdm
 
         results: list[CaptionResult | None] = [None] * len(items)
-        pending: dict[str, tuple[str, Image.Image, list[int]]] = {}  # cache key -> (guid, image, item indices)
+        # cache key -> (guid, file bytes, path, item indices); decoded by the worker that sends it
+        pending: dict[str, tuple[str, bytes, Path | None, list[int]]] = {}
         for i, (guid, path) in enumerate(items):
-            got = _read_image(path)
+            got = _read_bytes(path)
             if isinstance(got, str):
                 self._record_failure(guid, got)
                 results[i] = CaptionResult(guid, None, "api", got)
                 continue
-            key = self.cache_key(got[0])
+            key = self.cache_key(got)
             cached = self._cache_get(key)
             if cached is not None:
                 results[i] = CaptionResult(guid, cached, "cache")
             elif key in pending:  # same image bytes twice: ask once
-                pending[key][2].append(i)
+                pending[key][3].append(i)
             else:
-                pending[key] = (guid, got[1], [i])
+                pending[key] = (guid, got, path, [i])
         if pending:
             log.info("captioning %d image(s) with %s (%d cached)", len(pending), self.model,
                      sum(r is not None and r.source == "cache" for r in results))
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool, \
                     tqdm(total=len(pending), desc=f"captions ({self.model})", unit="img",
                          disable=None if self.progress else True) as bar:
-                futures = {pool.submit(self._work, key, guid, img): idx for key, (guid, img, idx) in pending.items()}
+                futures = {pool.submit(self._work, key, guid, data, path): idx
+                           for key, (guid, data, path, idx) in pending.items()}
                 try:
                     for fut in as_completed(futures):
                         caption, error = fut.result()

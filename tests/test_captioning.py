@@ -200,21 +200,25 @@ def test_failures_recorded_not_cached(server, images, tmp_path, capsys, caplog):
     caplog.set_level(logging.DEBUG)
     server.behaviours = {0: ["400"], 1: ["malformed"], 2: ["empty"], 3: ["refusal"]}
     c = _captioner(server, tmp_path)
-    items = images[:5] + [("nofile", None), ("gone", tmp_path / "images" / "missing.jpg")]
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    items = images[:5] + [("nofile", None), ("gone", tmp_path / "images" / "missing.jpg"),
+                          ("broken", tmp_path / "broken.jpg")]
     res = c.caption(items)
     by = {r.guid: r for r in res}
     assert [r.guid for r in res] == [g for g, _ in items]
     assert by["g4"].caption and by["g4"].error is None
-    for g in ("g0", "g1", "g2", "g3", "nofile", "gone"):
+    for g in ("g0", "g1", "g2", "g3", "nofile", "gone", "broken"):
         assert by[g].caption is None and by[g].error, g
     assert by["g0"].error.startswith("HTTP 400")
     assert "malformed" in by["g1"].error
     assert by["g2"].error == "empty content"
     assert by["g3"].error.startswith("refusal")
     assert by["nofile"].error == "no image" and by["gone"].error.startswith("no image")
+    assert by["broken"].error.startswith("no image (broken.jpg")  # undecodable: never sent
     assert [server.count(i) for i in range(5)] == [1, 1, 1, 1, 1]  # no retry on 400 / bad answers
+    assert len(server.requests) == 5
     fails = _failures(tmp_path)
-    assert {f["guid"] for f in fails} == {"g0", "g1", "g2", "g3", "nofile", "gone"}
+    assert {f["guid"] for f in fails} == {"g0", "g1", "g2", "g3", "nofile", "gone", "broken"}
     assert all(f["reason"] and f["time"] for f in fails)
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1  # only g4 was cached
     # failures are asked again on a rerun (now answered), successes are not
