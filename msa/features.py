@@ -42,6 +42,7 @@ from msa.data import (
     validate_guid,
 )
 from msa.io import atomic_path
+from msa.workers import cores as _cores  # a module attribute, so the tests can pretend a core count
 
 log = logging.getLogger(__name__)
 
@@ -361,12 +362,6 @@ def malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-def _cores() -> int:
-    from msa.workers import cores
-
-    return cores()
 
 
 @torch.inference_mode()
