@@ -32,7 +32,9 @@ def run(args, modes: list[str], api_key: str, t0: float) -> tuple[str, dict, Pat
 
     from msa.io import write_csv
     from msa.records import write_best
+    from msa.workers import prestart
 
+    prestart(args.jobs)  # the workers' fork server imports meanwhile (msa.workers)
     best3, seeds, data = load_inputs(args)
     starts = start_checkpoints(best3, args.phase3_dir, seeds, args.init)
     fs, tb, ib, token_mods, ckpt_cfg = starting_features(starts, data, args)

@@ -295,6 +295,17 @@ def run_grid(specs: list[RunSpec], fs: FeatureSet, data: Labelled, jobs: int = 1
     return run_groups({"": (specs, fs, data, record)}, jobs=jobs, desc=desc)[""]
 
 
+def _cost(spec: RunSpec) -> float:
+    """A run's expected training time, for the order in which a pool starts its runs: its fusion's relative
+    cost (:attr:`msa.fusions.Fusion.cost`) times its epoch budget."""
+    from msa.fusions import FUSIONS
+
+    s = spec.settings
+    get = s.get if isinstance(s, dict) else (lambda key, default=None: getattr(s, key, default))
+    fusion = FUSIONS.get(get("feature_fusion"))
+    return (fusion.cost if fusion is not None else 1.0) * float(get("num_epochs") or 1)
+
+
 def run_groups(groups: dict[str, tuple[list[RunSpec], FeatureSet, Labelled, dict | None]], jobs: int = 1,
                desc: str = "runs") -> dict[str, list[dict]]:
     """Several grids at once: ``{name: (specs, features, data, record)}`` trained as one pool of ``jobs``
@@ -305,7 +316,7 @@ def run_groups(groups: dict[str, tuple[list[RunSpec], FeatureSet, Labelled, dict
     jobs_list = [(name, spec) for name, (specs, *_) in groups.items() for spec in specs]
     shared = {"groups": {name: {"fs": fs, "data": data, "record": record or {}}
                          for name, (_, fs, data, record) in groups.items()}}
-    flat = run_jobs(_run_one, jobs_list, shared, n_jobs=jobs, desc=desc)
+    flat = run_jobs(_run_one, jobs_list, shared, n_jobs=jobs, desc=desc, cost=[_cost(spec) for _, spec in jobs_list])
     out: dict[str, list[dict]] = {name: [] for name in groups}
     for (name, _), result in zip(jobs_list, flat, strict=True):
         out[name].append(result)

@@ -124,6 +124,9 @@ class Fusion(nn.Module):
 
     requires_tokens: ClassVar[bool] = False
     min_modalities: ClassVar[int] = 1
+    #: training time of a head with this fusion relative to ``add`` (phase 2's grid on MVSA, seconds per run): a
+    #: pool of runs starts the dearest first (:func:`msa.experiment.run_groups`), so no worker idles at the end
+    cost: ClassVar[float] = 1.0
     out_dim: int
 
     def __init__(self, specs: list[ModalitySpec], hidden: int, dropout: float, **kw):
@@ -181,6 +184,8 @@ class AttentionFusion(Fusion):
     for weight, which is why the seed report found it the weakest fusion on MVSA.
     """
 
+    cost: ClassVar[float] = 1.2
+
     def __init__(self, specs, hidden, dropout, **kw):
         super().__init__(specs, hidden, dropout, **kw)
         self.score = nn.Sequential(nn.Linear(self.hidden, self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1))
@@ -201,6 +206,8 @@ class _ModalitySelfAttention(Fusion):
     ``X`` is ``(B, M, hidden)``, one row per modality; every modality attends to every modality (itself
     included), so each attended vector carries information from the others while the residual keeps its own.
     """
+
+    cost: ClassVar[float] = 1.9
 
     def __init__(self, specs, hidden, dropout, *, heads: int = 4, **kw):
         super().__init__(specs, hidden, dropout, **kw)
@@ -252,6 +259,8 @@ class EncoderFusion(Fusion):
     ``cls`` (True).
     """
 
+    cost: ClassVar[float] = 3.4
+
     def __init__(self, specs, hidden, dropout, *, heads: int = 4, layers: int = 1, ff_mult: int = 2,
                  cls: bool = True, **kw):
         super().__init__(specs, hidden, dropout, **kw)
@@ -296,6 +305,7 @@ class CrossAttentionFusion(Fusion):
 
     requires_tokens: ClassVar[bool] = True
     min_modalities: ClassVar[int] = 2
+    cost: ClassVar[float] = 4.5
 
     def __init__(self, specs, hidden, dropout, *, query: str = "image", key: str = "text", heads: int = 4,
                  **kw):

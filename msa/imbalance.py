@@ -120,6 +120,9 @@ def run(args, losses: list[str], samplers: list[str], seeds: list[int], t0: floa
     log.info("starting configuration: %s; fusion %s; %d loss(es) x %d sampler(s) x %d seed(s)",
              start["source"], s["feature_fusion"], len(losses), len(samplers), len(seeds))
 
+    from msa.workers import prestart
+
+    prestart(args.jobs)  # the workers' fork server imports meanwhile (msa.workers)
     fs = grid_features(s, data, Path(args.data_root) / "data", args.cache_dir, args.feature_batch_size)
     record = cli.args_record(args) | {"resolved": s, "started_from": start}
     methods = [(loss, sampler) for loss in losses for sampler in samplers]

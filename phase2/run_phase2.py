@@ -77,7 +77,9 @@ def main(argv=None) -> int:
     from msa.experiment import load_labelled, run_grid
     from msa.io import write_csv, write_json, write_text
     from msa.plots import grouped_bars
+    from msa.workers import prestart
 
+    prestart(args.jobs)  # the workers' fork server imports meanwhile (msa.workers)
     fusions = stage.parse_fusions(args.fusions)
     data = load_labelled(cli.work_dir(args), args.split)
     fs = stage.grid_features(s, fusions, data, Path(args.data_root) / "data", args.cache_dir,

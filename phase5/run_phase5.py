@@ -105,6 +105,9 @@ def main(argv=None) -> int:
 
     data = load_labelled(cli.work_dir(args), args.split)
     plan = stage.make_plan(model, data, args.skip_retrain, args.recipe_run, args.seeds)
+    from msa.workers import prestart
+
+    prestart(1 if args.skip_retrain else args.jobs)  # the workers' fork server imports meanwhile (msa.workers)
     fs = stage.ablation_features(plan, data, Path(args.data_root) / "data", args.cache_dir, args.feature_batch_size)
 
     # (a) masking

@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from benchmarks.bench_pipeline import tree_memory
+from benchmarks.bench_pipeline import PSS_EVERY_S, PSS_STEP, PeakProbe, tree_memory
 
 
 def test_tree_memory_counts_children_and_pss_is_at_most_rss():
@@ -27,6 +27,24 @@ def test_tree_memory_counts_children_and_pss_is_at_most_rss():
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_probe_reads_pss_on_new_highs_and_now_and_then_not_at_every_poll_of_a_plateau():
+    """A step that grows to 3 GiB and stays there 60 s, polled 5 times a second: the PSS (~50 ms a reading of
+    a process that size) is read about once per PSS_STEP of growth and every PSS_EVERY_S seconds."""
+    probe, now, rss = PeakProbe(), 0.0, 100 * 2**20
+    plateau_reads = 0
+    while now < 80:
+        if now < 20:
+            rss += 30 * 2**20  # growing 150 MiB/s
+        if probe.due(rss, now):
+            probe.read(int(rss * 0.8), rss, now)
+            plateau_reads += now >= 20
+        now += 0.2
+    assert probe.peak_rss == rss and probe.peak_pss == int(rss * 0.8)
+    assert probe.reads - plateau_reads <= (rss - 100 * 2**20) / PSS_STEP + 20 / PSS_EVERY_S + 1
+    # the former probe read it at every poll of the plateau: 300 times
+    assert plateau_reads <= 60 / PSS_EVERY_S + 1
 
 
 def test_feature_benchmark_times_each_backbone_and_both_decoding_modes(synthetic_root, tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -131,6 +132,54 @@ def test_jobs_come_back_in_order_inline_and_in_processes():
     for n in (1, 2):
         with pytest.raises(ValueError, match="job failed"):
             run_jobs(_square, [1, "boom"], {"offset": 0}, n_jobs=n, desc=None)
+
+
+def test_workers_fork_from_a_preloaded_server_or_spawn_with_the_same_results(monkeypatch):
+    from msa import workers
+
+    monkeypatch.delenv(workers.START_METHOD_ENV, raising=False)
+    assert workers.context().get_start_method() == "forkserver"  # Linux has one
+    workers.prestart(2)
+    forked = run_jobs(_square, [3, 1, 2], {"offset": 10}, n_jobs=2, desc=None)
+    monkeypatch.setenv(workers.START_METHOD_ENV, "spawn")
+    assert workers.context().get_start_method() == "spawn"
+    assert run_jobs(_square, [3, 1, 2], {"offset": 10}, n_jobs=2, desc=None) == forked
+    monkeypatch.setenv(workers.START_METHOD_ENV, "fork")
+    with pytest.raises(ValueError, match="forkserver or spawn"):
+        workers.context()
+
+
+def test_a_pool_starts_the_dearest_jobs_first_and_answers_in_job_order(monkeypatch):
+    """run_jobs(cost=...): jobs go to the workers longest first (no worker left alone with a long job at the end);
+    run_groups prices a run by its fusion's cost times its epochs."""
+    import concurrent.futures
+
+    from msa import experiment
+
+    submitted = []
+
+    class Recording(concurrent.futures.ThreadPoolExecutor):  # the pool's interface, in threads, recording the order
+        def __init__(self, n, mp_context=None, initializer=None, initargs=()):
+            super().__init__(n, initializer=initializer, initargs=initargs)
+
+        def submit(self, fn, *args):
+            submitted.append(args[0])
+            return super().submit(fn, *args)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Recording)
+    out = run_jobs(_square, [3, 1, 2, 5], {"offset": 10}, n_jobs=2, desc=None, cost=[3.0, 1.0, 2.0, 5.0])
+    assert [r for r, _ in out] == [19, 11, 14, 35]
+    assert submitted == [5, 3, 2, 1]
+    submitted.clear()
+    run_jobs(_square, [3, 1], {"offset": 0}, n_jobs=2, desc=None)
+    assert submitted == [3, 1]  # no cost: the jobs' own order
+
+    def spec(fusion, epochs):
+        return experiment.RunSpec(Path("r"), {"feature_fusion": fusion, "num_epochs": epochs}, 42)
+
+    costs = [experiment._cost(spec(f, e)) for f, e in (("add", 10), ("cross_attention", 10), ("encoder", 30))]
+    assert costs[0] < costs[1] < costs[2]
+    assert experiment._cost(experiment.RunSpec(Path("r"), Settings.from_dict({}, strict=False), 1)) > 0
 
 
 def test_grids_of_several_groups_train_as_one_pool_with_each_groups_inputs(monkeypatch, tmp_path):

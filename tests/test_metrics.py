@@ -41,6 +41,28 @@ def test_known_confusion_matrix():
     assert "ece" not in m
 
 
+def test_the_same_floats_as_scikit_learn():
+    """classification_metrics computes sklearn's formulas itself (no sklearn import in every head's epochs): on
+    random cases, absent classes and one-class predictions included, every value equals sklearn's exactly."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, 3, n), rng.integers(0, 3, n)) for n in (1, 2, 5, 17, 339, 1000) for _ in range(6)]
+    cases += [(np.array([0, 0, 2]), np.array([0, 0, 0])), (np.array([1, 1]), np.array([2, 2])),
+              (np.array([2] * 9), np.array([2] * 9)), (rng.integers(0, 2, 50), rng.integers(1, 3, 50))]
+    idx = [0, 1, 2]
+    for yt, yp in cases:
+        m = classification_metrics(yt, yp)
+        assert m["accuracy"] == accuracy_score(yt, yp)
+        assert m["weighted_f1"] == f1_score(yt, yp, labels=idx, average="weighted", zero_division=0)
+        assert m["macro_f1"] == f1_score(yt, yp, labels=idx, average="macro", zero_division=0)
+        per_class = f1_score(yt, yp, labels=idx, average=None, zero_division=0)
+        assert [m["f1_negative"], m["f1_neutral"], m["f1_positive"]] == per_class.tolist()
+        prec, rec, _, _ = precision_recall_fscore_support(yt, yp, labels=idx, average="weighted", zero_division=0)
+        assert (m["weighted_precision"], m["weighted_recall"]) == (prec, rec)
+        assert m["confusion_matrix"] == confusion_matrix(yt, yp, labels=idx).tolist()
+
+
 def test_label_strings_tensors_and_custom_labels():
     names = ["negative", "neutral", "positive"]
     a = classification_metrics(["positive", "neutral"], ["positive", "negative"])
