@@ -67,6 +67,37 @@ class FeatureSet:
     backbones: dict[str, dict] = field(default_factory=dict)  # modality -> BackboneInfo as a dict
     stats: dict[str, dict] = field(default_factory=dict)  # modality -> {"hits": n, "computed": n, "corrupt": n}
 
+    def pack_tokens(self) -> dict[str, torch.Tensor]:
+        """Put each modality's token sequences into one tensor, the list then holding views of it (the same
+        values); returns those tensors. Sent to a worker process, a FeatureSet then shares one storage per
+        modality, not one per post: a fork server passes at most 256 file descriptors to a new process
+        (multiprocessing's MAXFDS_TO_SEND), and the posts' sequences are thousands."""
+        flats = self.__dict__.setdefault("_flat_tokens", {})
+        for m, seqs in self.tokens.items():
+            flat = flats.get(m)
+            if not seqs:
+                flats.pop(m, None)
+                continue
+            if flat is not None and int(flat.shape[0]) == sum(int(t.shape[0]) for t in seqs) and all(
+                    t.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for t in seqs):
+                continue  # still the views of it
+            flats[m] = flat = torch.cat(seqs)
+            self.tokens[m] = list(flat.split([int(t.shape[0]) for t in seqs]))
+        return {m: flats[m] for m in self.tokens if m in flats}
+
+    def __getstate__(self) -> dict:
+        """Pickled with each modality's token sequences as one tensor and their lengths (see :meth:`pack_tokens`)."""
+        flats = self.pack_tokens()
+        state = {k: v for k, v in self.__dict__.items() if k != "_flat_tokens"}
+        state["tokens"] = {m: (flats.get(m), [int(t.shape[0]) for t in seqs]) for m, seqs in self.tokens.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["tokens"] = {m: [] if flat is None else list(flat.split(lengths))
+                           for m, (flat, lengths) in state["tokens"].items()}
+        self.__dict__.update(state)
+
     def padded_tokens(self, modality: str, idx: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad the token sequences of rows ``idx`` into (B, L, D) float32 with a bool mask (B, L)."""
         seqs = self.tokens[modality]

@@ -149,6 +149,26 @@ def test_workers_fork_from_a_preloaded_server_or_spawn_with_the_same_results(mon
         workers.context()
 
 
+def _token_sum(shared, job):
+    return float(sum(t.double().sum() for t in shared["fs"].tokens["text"][job::2]))
+
+
+def test_features_with_thousands_of_token_sequences_reach_forked_workers_whole():
+    """A fork server passes at most 256 file descriptors to a new worker; a FeatureSet is pickled with each
+    modality's sequences as one tensor, so phase 2's token fusions (one sequence per post) still get their
+    features, equal to the parent's."""
+    import torch
+
+    from msa.features import FeatureSet
+
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randn(int(torch.randint(1, 6, (1,), generator=gen)), 8, generator=gen) for _ in range(1200)]
+    fs = FeatureSet(guids=[str(i) for i in range(1200)], pooled={"text": torch.zeros(1200, 8)}, tokens={"text": seqs})
+    expected = [float(sum(t.double().sum() for t in seqs[j::2])) for j in (0, 1)]
+    assert run_jobs(_token_sum, [0, 1], {"fs": fs}, n_jobs=2, desc=None) == expected
+    assert [float(sum(t.double().sum() for t in fs.tokens["text"][j::2])) for j in (0, 1)] == expected
+
+
 def test_a_pool_starts_the_dearest_jobs_first_and_answers_in_job_order(monkeypatch):
     """run_jobs(cost=...): jobs go to the workers longest first (no worker left alone with a long job at the end);
     run_groups prices a run by its fusion's cost times its epochs."""
