@@ -89,6 +89,7 @@ def _check(kind: str, name: str, posts, tmp_path, monkeypatch) -> None:
         rebuilt = MultimodalClassifier(**model.config())
         rebuilt.load_state_dict(model.state_dict())
         assert torch.allclose(rebuilt.eval()(feats, tokens, masks), logits)
+        assert FUSIONS[name].cost >= 1.0  # relative to add, the cheapest: a pool's order of runs (run_groups)
     elif kind == "loss":
         loss_fn = build_loss(name, class_counts=COUNTS)
         logits = torch.randn(6, 3, requires_grad=True)
