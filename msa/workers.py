@@ -52,7 +52,9 @@ def context():
 
     method = os.environ.get(START_METHOD_ENV) or "forkserver"
     if method not in ("forkserver", "spawn"):
-        raise ValueError(f"{START_METHOD_ENV} must be forkserver or spawn, got {method!r}")
+        from msa.cli import UserError
+
+        raise UserError(f"the environment variable {START_METHOD_ENV} must be forkserver or spawn, got {method!r}")
     if method == "forkserver" and "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(list(PRELOAD))

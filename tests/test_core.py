@@ -145,7 +145,7 @@ def test_workers_fork_from_a_preloaded_server_or_spawn_with_the_same_results(mon
     assert workers.context().get_start_method() == "spawn"
     assert run_jobs(_square, [3, 1, 2], {"offset": 10}, n_jobs=2, desc=None) == forked
     monkeypatch.setenv(workers.START_METHOD_ENV, "fork")
-    with pytest.raises(ValueError, match="forkserver or spawn"):
+    with pytest.raises(cli.UserError, match="forkserver or spawn"):  # one error line from a stage, no traceback
         workers.context()
 
 
