@@ -4,6 +4,7 @@ declared hand-off records."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +188,13 @@ def test_a_pool_starts_the_dearest_jobs_first_and_answers_in_job_order(monkeypat
             return super().submit(fn, *args)
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Recording)
+    # the pool's initializer now runs in this process: keep its effects (the jobs' shared state, msa's log level)
+    # out of the other tests
+    from msa import workers
+
+    monkeypatch.setattr(workers, "_SHARED", {})
+    msa_log = logging.getLogger("msa")
+    monkeypatch.setattr(msa_log, "setLevel", lambda level: None)
     out = run_jobs(_square, [3, 1, 2, 5], {"offset": 10}, n_jobs=2, desc=None, cost=[3.0, 1.0, 2.0, 5.0])
     assert [r for r, _ in out] == [19, 11, 14, 35]
     assert submitted == [5, 3, 2, 1]
