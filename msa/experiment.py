@@ -300,10 +300,8 @@ def _cost(spec: RunSpec) -> float:
     cost (:attr:`msa.fusions.Fusion.cost`) times its epoch budget."""
     from msa.fusions import FUSIONS
 
-    s = spec.settings
-    get = s.get if isinstance(s, dict) else (lambda key, default=None: getattr(s, key, default))
-    fusion = FUSIONS.get(get("feature_fusion"))
-    return (fusion.cost if fusion is not None else 1.0) * float(get("num_epochs") or 1)
+    fusion = FUSIONS.get(spec.settings.get("feature_fusion"))  # a dict or a Settings (a Mapping)
+    return (fusion.cost if fusion is not None else 1.0) * float(spec.settings.get("num_epochs") or 1)
 
 
 def run_groups(groups: dict[str, tuple[list[RunSpec], FeatureSet, Labelled, dict | None]], jobs: int = 1,
