@@ -318,16 +318,28 @@ def masking_rows(plan: Plan, masking) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------- (b) retrained
 def _mixed_precision(rec: dict) -> str:
-    """The recipe's mixed precision, or ``"no"`` when it needs a GPU that is not here."""
+    """The recipe's mixed precision (bf16 runs on a CPU too), or ``"no"`` for fp16 without a GPU."""
     mixed = rec["mixed_precision"]
-    if mixed != "no":
+    if mixed == "fp16":
         import torch
 
         if not torch.cuda.is_available():
-            log.warning("the recipe used mixed precision %s; no GPU here, so the retrained runs use full "
-                        "precision", mixed)
+            log.warning("the recipe used mixed precision fp16; no GPU here, so the retrained runs use full "
+                        "precision")
             mixed = "no"
     return mixed
+
+
+def seed_sibling(recipe_config: Path | None, seed: int) -> Path | None:
+    """The run folder next to the recipe's run (``<name>-s<seed>/config.json``, e.g. phase 3's) for ``seed``:
+    a retrained model that is the same run as one there (the recipe's own modalities and seed) is copied from
+    it, not trained again (:func:`msa.experiment.reuse_run` checks that the configs agree)."""
+    import re
+
+    if recipe_config is None:
+        return None
+    m = re.fullmatch(r"(.*-s)\d+", Path(recipe_config).parent.name)
+    return Path(recipe_config).parent.with_name(f"{m.group(1)}{seed}") if m else None
 
 
 def retrain(plan: Plan, fs, data, runs_dir: Path, record: dict, jobs: int, resume: bool):
@@ -354,7 +366,8 @@ def retrain(plan: Plan, fs, data, runs_dir: Path, record: dict, jobs: int, resum
                     "ablation": {"model": name, "modalities": list(mods), "recipe_from": str(plan.recipe_from),
                                  "checkpoint": str(plan.model.checkpoint)}}
         specs = [RunSpec(runs_dir / f"{kind}-s{seed}", settings, seed, loss_kw=rec["loss_kw"], light=False,
-                         tag=kind, mixed_precision=mixed, resume=resume) for seed in seeds]
+                         tag=kind, mixed_precision=mixed, resume=resume,
+                         same_as=seed_sibling(plan.recipe_from, seed)) for seed in seeds]
         groups[kind] = (specs, only(fs, mods), data, rec_kind)
         meta[kind] = (name, mods, fusion)
     outs = run_groups(groups, jobs=jobs, desc="phase 5 model x seed")  # one pool for every model
@@ -363,6 +376,9 @@ def retrain(plan: Plan, fs, data, runs_dir: Path, record: dict, jobs: int, resum
         out = outs[kind]
         results += [{"model": name, "modalities": "+".join(mods), "fusion": fusion, **r} for r in out]
         note = f"seeds {', '.join(map(str, seeds))}"
+        same = [r["same_as"] for r in out if r.get("same_as")]
+        if same:
+            note += f"; {len(same)} of them the same runs as {Path(same[0]).parent} (copied, not trained again)"
         if fusion != s["feature_fusion"]:
             note += f"; {s['feature_fusion']} needs two modalities, so {fusion}"
         rows.append(summary_row("retrained", name, " + ".join(mods), fusion, list(out), note))

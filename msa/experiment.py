@@ -124,7 +124,7 @@ def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache
 def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, loss: str, train_cfg, hidden: int,
               dropout: float, args_record: dict, loss_kw: dict | None = None, progress: bool = True,
               light: bool = False, init_from: Path | None = None, resume: bool = False, settings=None,
-              on_epoch=None) -> dict:
+              on_epoch=None, same_as: Path | None = None) -> dict:
     """Train one model and write its run folder; returns the fit result plus ``metrics``.
 
     ``on_epoch(row)`` is called after every epoch with its history row (a search's pruning: it may raise).
@@ -138,7 +138,11 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
 
     ``settings`` (the run's resolved :class:`msa.settings.Settings`) is recorded in ``config.json`` as
     ``settings``, with the fusion and loss as trained, so that the run can be rebuilt from it
-    (:func:`msa.ablation.recipe`)."""
+    (:func:`msa.ablation.recipe`).
+
+    ``same_as`` (a finished run folder, e.g. another phase's run of the same recipe and seed): when its
+    ``config.json`` equals this run's in everything but the arguments (the same settings, loss, seed, split, rows
+    and features), it is copied here instead of trained again (:func:`reuse_run`); otherwise this run trains."""
     from msa.fusions import SIDE
     from msa.losses import build_loss
     from msa.trainer import FeatureDataset, fit, seed_everything
@@ -156,6 +160,10 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
     config, ckpt_config = _run_configs(fs, data, model, fusion, loss, loss_kw, train_cfg, args_record, counts,
                                        token_mods, side_record, init_from, settings)
     folder = RunFolder(run_dir)
+    if same_as is not None and init_from is None and not (resume and folder.resume_state.exists()):
+        reused = reuse_run(Path(same_as), run_dir, config, light)
+        if reused is not None:
+            return reused
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(folder.config, config)
     result = fit(model, loss_fn, train_ds, val_ds, train_cfg, LABELS, run_dir=run_dir,
@@ -167,6 +175,47 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
     _write_outputs(folder, fs, data, result, metrics, light)
     result["metrics"] = metrics
     return result
+
+
+def reuse_run(src: Path, run_dir: Path, config: dict, light: bool = False) -> dict | None:
+    """``src`` copied to ``run_dir`` when it is a finished run (metrics, predictions, history and, unless ``light``,
+    a checkpoint; no resume state left) whose ``config.json`` equals ``config`` but for ``arguments``: the same
+    training, so the same weights and metrics (training is deterministic on the CPU). ``run_dir`` then gets this
+    run's ``config.json`` with ``same_as`` naming ``src``, and ``SOURCE``; the figures are drawn again under this
+    run's name. Returns ``{"metrics": ..., "history": ..., "best_epoch": ..., "same_as": str(src)}``, or ``None``
+    (train instead) when ``src`` is not such a run."""
+    import json
+
+    from msa.checkpoint import copy_run_dir
+    from msa.plots import confusion_matrix, training_curves
+
+    sf = RunFolder(Path(src))
+    needed = [sf.config, sf.metrics, sf.history, sf.val_predictions] + ([] if light else [sf.checkpoint])
+    if not all(f.exists() for f in needed) or sf.resume_state.exists():
+        return None
+    try:
+        theirs = json.loads(sf.config.read_text(encoding="utf-8"))
+        metrics = json.loads(sf.metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    from msa.io import _json_default
+
+    ours = json.loads(json.dumps(config, default=_json_default))  # as write_json writes it
+    if not isinstance(theirs, dict) or {k: v for k, v in theirs.items() if k != "arguments"} != \
+            {k: v for k, v in ours.items() if k != "arguments"}:
+        return None
+    copy_run_dir(sf.root, run_dir)
+    folder = RunFolder(run_dir)
+    write_json(folder.config, {**config, "same_as": str(sf.root)})
+    history = pd.read_csv(folder.history).to_dict(orient="records")
+    if not light:
+        name = folder.root.name
+        training_curves(history, folder.figures / "training_curves.png", title=name)
+        if "confusion_matrix" in metrics:
+            confusion_matrix(metrics["confusion_matrix"], LABELS, folder.figures / "confusion_matrix.png",
+                             title=f"{name} (val)")
+    log.info("%s: the same run as %s, copied (not trained again)", run_dir, sf.root)
+    return {"metrics": metrics, "history": history, "best_epoch": metrics.get("best_epoch"), "same_as": str(sf.root)}
 
 
 def _build_model(fs: FeatureSet, data: Labelled, fusion: str, token_mods: list[str], hidden: int, dropout: float,
@@ -263,6 +312,7 @@ class RunSpec:
     resume: bool = False  # continue from the run folder's last epoch state, if any
     val_idx: list[int] | None = None  # early-stopping rows other than the split's (e.g. an inner validation set)
     deadline: float | None = None  # a time budget (time.time() value): the run is skipped if it would start later
+    same_as: Path | None = None  # a finished run folder that may be this very run: copied if so (train_run)
 
 
 def _run_one(shared: dict, job: tuple[str, RunSpec]) -> dict:
@@ -283,8 +333,12 @@ def _run_one(shared: dict, job: tuple[str, RunSpec]) -> dict:
     res = train_run(spec.run_dir, inputs["fs"], data, fusion=s.feature_fusion, loss=s.loss_type,
                     train_cfg=s.train_config(spec.seed, spec.mixed_precision), hidden=int(s.hidden),
                     dropout=float(s.dropout), args_record=inputs["record"], loss_kw=spec.loss_kw, progress=False,
-                    light=spec.light, init_from=spec.init_from, resume=spec.resume, settings=s)
-    return {"tag": spec.tag, "seed": spec.seed, "run_dir": str(spec.run_dir), **res["metrics"]}
+                    light=spec.light, init_from=spec.init_from, resume=spec.resume, settings=s,
+                    same_as=spec.same_as)
+    out = {"tag": spec.tag, "seed": spec.seed, "run_dir": str(spec.run_dir), **res["metrics"]}
+    if res.get("same_as"):
+        out["same_as"] = res["same_as"]
+    return out
 
 
 def run_grid(specs: list[RunSpec], fs: FeatureSet, data: Labelled, jobs: int = 1, record: dict | None = None,

@@ -194,7 +194,7 @@ def make_pruner():
 
 
 def make_objective(study, base: Settings, fs, data, seeds: list[int], runs_dir: Path, n_trials: int,
-                   search_fusion: bool):
+                   search_fusion: bool, mixed_precision: str = "auto"):
     """Optuna's objective: the mean validation weighted F1 over ``seeds``. Hopeless trials are pruned early: during
     the first seed, epoch by epoch (its best validation weighted F1 so far, from epoch :data:`WARMUP_EPOCHS`), and
     after each seed but the last (the mean so far)."""
@@ -219,7 +219,7 @@ def make_objective(study, base: Settings, fs, data, seeds: list[int], runs_dir: 
 
         for step, seed in enumerate(seeds):
             res = train_run(runs_dir / f"trial{trial.number}-s{seed}", fs, data, fusion=s.feature_fusion,
-                            loss=s.loss_type, train_cfg=s.train_config(seed), hidden=int(s.hidden),
+                            loss=s.loss_type, train_cfg=s.train_config(seed, mixed_precision), hidden=int(s.hidden),
                             dropout=float(s.dropout), args_record={"trial": trial.number, "settings": s.to_dict()},
                             progress=False, light=True, settings=s, on_epoch=on_epoch if step == 0 else None)
             scores.append(res["metrics"]["weighted_f1"])
@@ -255,7 +255,7 @@ def worker(args, base: Settings, storage_url: str, n_trials: int, worker_id: int
     study = optuna.load_study(study_name=args.study_name, storage=storage_url, pruner=make_pruner(),
                               sampler=optuna.samplers.TPESampler(seed=args.sampler_seed + worker_id))
     objective = make_objective(study, base, fs, data, seeds, args.results_dir / "search_runs", n_trials,
-                               args.search_fusion)
+                               args.search_fusion, getattr(args, "mixed_precision", "auto"))
     deadline = time.time() + args.timeout if args.timeout else None
     while finished_count(study) < n_trials and (deadline is None or time.time() < deadline):
         before = len(study.trials)

@@ -69,14 +69,23 @@ def run(args, s, variants: dict, side_specs: set[str], names: list[str], seeds: 
         t0: float) -> tuple[str, Path, list, int]:
     """The recipe on the parsed flags of ``final/run_final.py``: the folds, every variant's runs, the tables,
     best/ (the ensemble), the figures and the errors. Returns ``(summary.md text, best/, the offsets, folds)``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from msa.io import write_csv, write_json, write_text
+    from msa.workers import prestart
 
     folds = make_folds(cli.work_dir(args), names, args.inner_val)
     guids = folds[0]["data"].guids
-    # no msa.workers.prestart() here: a fork server started before the extraction held ~300 MiB more at the run's
-    # peak (the extraction's: 3,680 MiB PSS); the pool starts it once the features are in
-    views, view = feature_views(s, variants, guids, args)
-    results, trained = run_variants(variants, s, views, side_specs, folds, seeds, args,
+    # the side features (image statistics: decoding, which releases the GIL) in a thread while this one imports
+    # and loads the backbones on one core; the fork server only after the extraction (started before it, it held
+    # ~300 MiB more at the run's peak, 3,680 MiB PSS), so that it imports while this process attaches the side
+    # features and the pool's workers start at once
+    with ThreadPoolExecutor(1, thread_name_prefix="side") as pool:
+        sides = pool.submit(side_features, side_specs, guids, args)
+        views, view = feature_views(s, variants, guids, args)
+        prestart(args.jobs)
+        sides = sides.result()
+    results, trained = run_variants(variants, s, views, sides, folds, seeds, args,
                                     cli.args_record(args) | {"resolved": s})
     frame = write_fold_tables(results, args.results_dir)
     table = contribution_table(frame, row_descriptions(s, seeds, args, variants, view))
@@ -135,7 +144,7 @@ def train_variant(name: str, settings: dict, loss_kw: dict, fs, folds: list[dict
     for f in folds:
         specs = [RunSpec(args.results_dir / "runs" / name / f"fold{f['k']}-s{seed}", settings, seed, loss_kw=loss_kw,
                          light=False, tag=name, train_idx=f["inner_train"], val_idx=f["inner_val"],
-                         resume=args.resume) for seed in seeds]
+                         resume=args.resume, mixed_precision=args.mixed_precision) for seed in seeds]
         groups[f["k"]] = (specs, fs, f["data"], record)
     run_groups(groups, jobs=args.jobs, desc=f"final {name}, fold x seed")  # one pool for every fold
     return {k: {sp.seed: sp.run_dir / "checkpoint" for sp in specs} for k, (specs, *_) in groups.items()}
@@ -332,16 +341,22 @@ def feature_views(s: dict, variants: dict, guids: list[str], args) -> tuple[dict
     return views, view
 
 
-def run_variants(variants: dict, s: dict, views: dict, side_specs: set[str], folds: list[dict], seeds: list[int],
-                 args, record: dict) -> tuple[list[dict], dict]:
-    """Train every variant on every fold and seed and evaluate its rows: ``(held-out results, {variant: {fold:
-    {seed: checkpoint}}})``. Side features are computed once per spec; imputation and standardisation are fitted
-    per model on its own inner-training rows (msa.experiment.train_run)."""
+def side_features(side_specs: set[str], guids: list[str], args) -> dict:
+    """``{spec: side matrix}`` of the labelled posts, once per spec of the variants (:func:`msa.side.compute`)."""
     from msa import side as side_mod
 
-    guids, labels = folds[0]["data"].guids, folds[0]["data"].labels
-    sides = {spec: side_mod.compute(spec, guids, Path(args.data_root) / "data", args.cache_dir)
-             for spec in sorted(side_specs)}
+    return {spec: side_mod.compute(spec, guids, Path(args.data_root) / "data", args.cache_dir)
+            for spec in sorted(side_specs)}
+
+
+def run_variants(variants: dict, s: dict, views: dict, sides: dict, folds: list[dict], seeds: list[int],
+                 args, record: dict) -> tuple[list[dict], dict]:
+    """Train every variant on every fold and seed and evaluate its rows: ``(held-out results, {variant: {fold:
+    {seed: checkpoint}}})``. ``sides`` holds each spec's side features (:func:`side_features`); imputation and
+    standardisation are fitted per model on its own inner-training rows (msa.experiment.train_run)."""
+    from msa import side as side_mod
+
+    labels = folds[0]["data"].labels
     results, trained = [], {}
     for name, (override, _) in variants.items():
         vs = s.replace(**override)

@@ -21,8 +21,12 @@ from msa.config import check_value as config_check_value
 
 log = logging.getLogger(__name__)
 
-#: Accelerate's mixed-precision modes (``--mixed-precision``)
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
+#: Accelerate's mixed-precision modes of the heads' training (``--mixed-precision``); ``auto``: bf16 on a CPU with
+#: native bfloat16, else no (msa.trainer.resolve_mixed_precision; ``MSA_MIXED_PRECISION`` overrides it)
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+MIXED_PRECISION_HELP = ("mixed precision of the heads' training (Accelerate): auto is bf16 on a CPU with native "
+                        "bfloat16 (AVX512-BF16, AMX, Arm BF16; ~1.5x faster epochs, validation still in float32) "
+                        "and no (float32) elsewhere, or $MSA_MIXED_PRECISION when set")
 #: where a model runs (``--device``): ``auto`` is cuda when available
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -137,13 +141,15 @@ class Settings(TrainSettings, ModelSettings, Mapping):
         return {k: getattr(self, k) for k in HYPERPARAMETERS}
 
     def train_config(self, seed: int, mixed_precision: str = "no"):
-        """The trainer's :class:`msa.trainer.TrainConfig` for one seed."""
-        from msa.trainer import TrainConfig
+        """The trainer's :class:`msa.trainer.TrainConfig` for one seed (``mixed_precision`` ``auto`` resolved
+        here, so that the run's config records what it trained in)."""
+        from msa.trainer import TrainConfig, resolve_mixed_precision
 
         return TrainConfig(learning_rate=float(self.learning_rate), weight_decay=float(self.weight_decay),
                            num_epochs=int(self.num_epochs), batch_size=int(self.batch_size),
                            warmup_ratio=float(self.warmup_ratio), scheduler=self.scheduler,
-                           patience=int(self.patience), seed=seed, mixed_precision=mixed_precision,
+                           patience=int(self.patience), seed=seed,
+                           mixed_precision=resolve_mixed_precision(mixed_precision),
                            sampler=self.sampler)
 
 
@@ -176,7 +182,7 @@ class RunOptions:
     """How a phase runs its trainings (not part of the model's settings)."""
 
     seeds: str = option("42", "comma-separated seeds; one run per seed", group="training")
-    mixed_precision: str = option("no", "Accelerate mixed precision", choices=MIXED_PRECISIONS, group="training")
+    mixed_precision: str = option("auto", MIXED_PRECISION_HELP, choices=MIXED_PRECISIONS, group="training")
 
 
 def _default_note(name: str, default) -> str:

@@ -8,6 +8,7 @@ loses at most those seconds of work, and ``--resume`` continues exactly from the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -30,6 +31,32 @@ from msa.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 SCHEDULERS = ("cosine", "linear", "constant")
+#: overrides ``--mixed-precision auto`` (no, fp16 or bf16), e.g. ``MSA_MIXED_PRECISION=no`` for float32 heads
+MIXED_PRECISION_ENV = "MSA_MIXED_PRECISION"
+
+
+def resolve_mixed_precision(value: str | None) -> str:
+    """``no``, ``fp16`` or ``bf16`` for a ``--mixed-precision`` value. ``auto`` (or None) is
+    :data:`MIXED_PRECISION_ENV` when set, else ``bf16`` on a CPU-only machine whose CPU has native bfloat16
+    (:func:`msa.backbones.native_bf16`; on MVSA the heads' epochs are ~1.5x faster there, the cross-validated
+    figures the same within noise: docs/final.md) and ``no`` elsewhere (a GPU, or a CPU that would emulate it)."""
+    import os
+
+    from msa.cli import UserError
+
+    value = value or "auto"
+    if value == "auto":
+        env = os.environ.get(MIXED_PRECISION_ENV, "").strip()
+        if env:
+            if env not in ("no", "fp16", "bf16"):
+                raise UserError(f"{MIXED_PRECISION_ENV}={env!r}: choose no, fp16 or bf16 (or unset it for auto)")
+            return env
+        from msa.backbones import native_bf16
+
+        return "bf16" if not torch.cuda.is_available() and native_bf16() else "no"
+    if value not in ("no", "fp16", "bf16"):
+        raise UserError(f"unknown mixed precision {value!r}: choose auto, no, fp16 or bf16")
+    return value
 
 
 @dataclass
@@ -225,6 +252,36 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _accelerator(mixed_precision: str):
+    """An Accelerator in ``mixed_precision``. Its process-wide state is set by the first one; a later run of
+    this process in another precision (a test, a demo, a notebook training in float32, then in bf16) starts it
+    again on one process (a distributed launch keeps one precision throughout)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mixed_precision)) != mixed_precision \
+            and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+@contextlib.contextmanager
+def full_precision(model):
+    """The model's own forward (float32) inside, where Accelerate wrapped it in mixed-precision autocast: the
+    validation predictions that pick the best epoch are the ones its checkpoint gives (phase 5 checks them)."""
+    original = model.__dict__.get("_original_forward")  # set by Accelerator.prepare with mixed precision
+    if original is None:
+        yield model
+        return
+    wrapped = model.forward
+    model.forward = original
+    try:
+        yield model
+    finally:
+        model.forward = wrapped
+
+
 @torch.no_grad()
 def predict_proba(model, loader: DataLoader, accelerator=None) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and dataset indices for every row of ``loader`` (gathered across processes)."""
@@ -266,12 +323,10 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
     ``resume_state.pt`` on the same cadence and removed when training ends; ``resume=True`` continues from it,
     giving the same result as an uninterrupted run.
     """
-    from accelerate import Accelerator
-
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}")
     seed_everything(cfg.seed)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    acc = _accelerator(cfg.mixed_precision)
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.sampler)
     shuffle_gen = train_loader.msa_generator
     val_loader = make_loader(val_ds, max(cfg.batch_size, 256), False, cfg.seed)
@@ -306,7 +361,7 @@ def fit(model: torch.nn.Module, loss_fn: torch.nn.Module, train_ds: Dataset, val
         write_csv(run_dir / "history.csv", pd.DataFrame(loop.history))
     if keep_state:
         (run_dir / RESUME_FILE).unlink(missing_ok=True)
-    model = acc.unwrap_model(model)
+    model = acc.unwrap_model(model, keep_fp32_wrapper=False)  # later predictions in float32, as from its checkpoint
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
@@ -368,7 +423,8 @@ class _Classification:
             total_loss += float(loss.detach()) * len(batch["label"])
             seen += len(batch["label"])
         loss_fn.eval()
-        proba, index = predict_proba(model, self.val_loader, acc)
+        with full_precision(model):
+            proba, index = predict_proba(model, self.val_loader, acc)
         order = np.argsort(index)
         self.proba, self.index = proba[order], index[order]
         row = {"epoch": epoch, "train_loss": total_loss / max(1, seen), "lr": self.scheduler.get_last_lr()[0],

@@ -43,7 +43,7 @@ from pathlib import Path
 from msa import cli, stamp
 from msa.augment_stage import INITS, SELECT_METRICS
 from msa.config import add_options, option
-from msa.settings import MIXED_PRECISIONS
+from msa.settings import MIXED_PRECISION_HELP, MIXED_PRECISIONS
 
 #: Your vision-language API key may go here (environment variables VLM_API_KEY, DASHSCOPE_API_KEY, OPENAI_API_KEY
 #: take precedence). It is only sent to --vlm-base-url and never written to logs, caches or results.
@@ -93,7 +93,7 @@ class FineTuning:
                                        "given, the flag must name the same ones", metavar="LIST")
     select_metric: str = option("weighted_f1", "validation metric that picks the best mode (mean over seeds) and "
                                 "its best seed", choices=SELECT_METRICS)
-    mixed_precision: str = option("no", "Accelerate mixed precision", choices=MIXED_PRECISIONS)
+    mixed_precision: str = option("auto", MIXED_PRECISION_HELP, choices=MIXED_PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -205,3 +205,93 @@ def test_the_resume_state_is_written_after_the_first_epoch_then_every_few_second
     assert epochs == list(range(1, writes + 1))  # fast epochs: only after the first one (or every one with 0 s)
     assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == list(range(1, 7))  # complete at the end
     assert not (tmp_path / trainer.RESUME_FILE).exists()
+
+
+def test_the_same_run_elsewhere_is_copied_not_trained_and_another_one_trains(tmp_path, monkeypatch):
+    """train_run(same_as=...) copies a finished run whose config equals this one's but for the arguments (phase
+    5's retrained text + image model is phase 3's run of the same recipe and seed); any other difference trains."""
+    import numpy as np
+
+    from msa import trainer
+    from msa.experiment import Labelled, train_run
+    from msa.splits import Split
+
+    fs, y = _features()
+    split = Split("t", tmp_path / "s.csv", "0" * 64, pd.DataFrame())
+    data = Labelled(fs.guids, np.asarray(y), split, list(range(180)), list(range(180, 240)))
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=3, patience=0, seed=1)
+    kw = dict(fusion="concat", loss="ce", hidden=16, dropout=0.1, progress=False)
+    first = train_run(tmp_path / "p3" / "ce-s1", fs, data, train_cfg=cfg, args_record={"phase": 3}, **kw)
+    fits = []
+    monkeypatch.setattr(trainer, "fit", lambda *a, **k: fits.append(1) or fit(*a, **k))
+
+    same = train_run(tmp_path / "p5" / "m-s1", fs, data, train_cfg=cfg, args_record={"phase": 5}, **kw,
+                     same_as=tmp_path / "p3" / "ce-s1")
+    assert fits == [] and same["same_as"] == str(tmp_path / "p3" / "ce-s1")
+    assert same["metrics"] == json.loads((tmp_path / "p3" / "ce-s1" / "metrics.json").read_text())
+    assert same["metrics"]["weighted_f1"] == first["metrics"]["weighted_f1"]
+    copied = tmp_path / "p5" / "m-s1"
+    config = json.loads((copied / "config.json").read_text())
+    assert config["arguments"] == {"phase": 5} and config["same_as"] == str(tmp_path / "p3" / "ce-s1")
+    assert (copied / "checkpoint" / "model.safetensors").read_bytes() == \
+        (tmp_path / "p3" / "ce-s1" / "checkpoint" / "model.safetensors").read_bytes()
+    assert (copied / "figures" / "training_curves.png").is_file()
+
+    other = TrainConfig(learning_rate=3e-3, num_epochs=3, patience=0, seed=2)  # another seed: trained
+    train_run(tmp_path / "p5" / "m-s2", fs, data, train_cfg=other, args_record={}, **kw,
+              same_as=tmp_path / "p3" / "ce-s1")
+    assert fits == [1] and "same_as" not in json.loads((tmp_path / "p5" / "m-s2" / "config.json").read_text())
+    (tmp_path / "p3" / "ce-s1" / "metrics.json").unlink()  # an unfinished run is never copied
+    train_run(tmp_path / "p5" / "m-s3", fs, data, train_cfg=cfg, args_record={}, **kw,
+              same_as=tmp_path / "p3" / "ce-s1")
+    assert fits == [1, 1]
+
+
+def test_mixed_precision_auto_is_bf16_on_a_cpu_with_native_bfloat16_and_the_environment_overrides(monkeypatch):
+    from msa import backbones
+    from msa.trainer import MIXED_PRECISION_ENV, resolve_mixed_precision
+
+    monkeypatch.delenv(MIXED_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(backbones, "native_bf16", lambda: True)
+    assert resolve_mixed_precision("auto") == resolve_mixed_precision(None) == "bf16"
+    assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("bf16") == "bf16"
+    monkeypatch.setattr(backbones, "native_bf16", lambda: False)  # emulated bf16 would be slower: float32
+    assert resolve_mixed_precision("auto") == "no"
+    monkeypatch.setattr(backbones, "native_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU: as before, float32 heads
+    assert resolve_mixed_precision("auto") == "no"
+    monkeypatch.setenv(MIXED_PRECISION_ENV, "no")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_mixed_precision("auto") == "no" and resolve_mixed_precision("bf16") == "bf16"
+    monkeypatch.setenv(MIXED_PRECISION_ENV, "half")
+    with pytest.raises(UserError, match=MIXED_PRECISION_ENV):
+        resolve_mixed_precision("auto")
+    with pytest.raises(UserError, match="unknown mixed precision"):
+        resolve_mixed_precision("fp8")
+
+
+def test_bf16_training_validates_in_float32_so_the_checkpoint_gives_the_recorded_predictions(tmp_path):
+    """Under bf16 autocast the epochs train in bfloat16, but the validation predictions that pick the best epoch
+    are float32: the saved checkpoint, loaded again, predicts exactly them; and one process may train in float32
+    and in bf16 one after the other (Accelerate's process-wide state is started again)."""
+    import numpy as np
+
+    from msa.trainer import predict_rows
+
+    fs, y = _features()
+    runs = {}
+    for mp in ("no", "bf16", "no"):
+        model, train, val = _setup()
+        cfg = TrainConfig(learning_rate=3e-3, num_epochs=4, batch_size=32, patience=0, seed=5, mixed_precision=mp)
+        ck = {"model": model.config(), "labels": list(LABELS)}
+        res = fit(model, build_loss("ce"), train, val, cfg, LABELS, run_dir=tmp_path / mp, checkpoint_config=ck,
+                  progress=False)
+        runs.setdefault(mp, []).append(res)
+    bf = runs["bf16"][0]
+    assert [h["train_loss"] for h in bf["history"]] != [h["train_loss"] for h in runs["no"][0]["history"]]
+    assert [h["train_loss"] for h in runs["no"][0]["history"]] == [h["train_loss"] for h in runs["no"][1]["history"]]
+    loaded, _ = load_checkpoint(tmp_path / "bf16" / "checkpoint")
+    again = predict_rows(loaded, fs, bf["val_index"])
+    np.testing.assert_array_equal(again, bf["val_proba"])
+    np.testing.assert_array_equal(predict_rows(bf["model"], fs, bf["val_index"]), bf["val_proba"])
