@@ -35,11 +35,18 @@ SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISION_ENV = "MSA_MIXED_PRECISION"
 
 
-def resolve_mixed_precision(value: str | None) -> str:
+#: ``auto`` trains in bf16 from this batch size x head width on (docs/running.md, fourth pass): the final
+#: recipe's and phase 3's heads (128 x 512) train 1.2-1.3x faster in bf16 on this project's CPU, the fusion grid's
+#: (64 x 256) not at all (131 s against 135 s, with a 1.1 GiB higher peak)
+BF16_MIN_WORK = 128 * 512
+
+
+def resolve_mixed_precision(value: str | None, batch_size: int | None = None, hidden: int | None = None) -> str:
     """``no``, ``fp16`` or ``bf16`` for a ``--mixed-precision`` value. ``auto`` (or None) is
     :data:`MIXED_PRECISION_ENV` when set, else ``bf16`` on a CPU-only machine whose CPU has native bfloat16
-    (:func:`msa.backbones.native_bf16`; on MVSA the heads' epochs are ~1.5x faster there, the cross-validated
-    figures the same within noise: docs/final.md) and ``no`` elsewhere (a GPU, or a CPU that would emulate it)."""
+    (:func:`msa.backbones.native_bf16`) for a head of at least :data:`BF16_MIN_WORK` batch rows x width (when
+    they are given), and ``no`` elsewhere: a GPU, a CPU that would emulate bf16, or a head too small to gain. The
+    cross-validated figures of the final recipe are the same within noise in both (docs/final.md)."""
     import os
 
     from msa.cli import UserError
@@ -53,7 +60,8 @@ def resolve_mixed_precision(value: str | None) -> str:
             return env
         from msa.backbones import native_bf16
 
-        return "bf16" if not torch.cuda.is_available() and native_bf16() else "no"
+        small = batch_size is not None and hidden is not None and int(batch_size) * int(hidden) < BF16_MIN_WORK
+        return "bf16" if not small and not torch.cuda.is_available() and native_bf16() else "no"
     if value not in ("no", "fp16", "bf16"):
         raise UserError(f"unknown mixed precision {value!r}: choose auto, no, fp16 or bf16")
     return value

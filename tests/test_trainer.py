@@ -255,6 +255,9 @@ def test_mixed_precision_auto_is_bf16_on_a_cpu_with_native_bfloat16_and_the_envi
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(backbones, "native_bf16", lambda: True)
     assert resolve_mixed_precision("auto") == resolve_mixed_precision(None) == "bf16"
+    assert resolve_mixed_precision("auto", 128, 512) == "bf16"
+    assert resolve_mixed_precision("auto", 64, 256) == "no"  # too small to gain (the fusion grid's heads)
+    assert resolve_mixed_precision("bf16", 64, 256) == "bf16"
     assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("bf16") == "bf16"
     monkeypatch.setattr(backbones, "native_bf16", lambda: False)  # emulated bf16 would be slower: float32
     assert resolve_mixed_precision("auto") == "no"
