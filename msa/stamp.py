@@ -28,8 +28,9 @@ VOLATILE_ARGS = ("verbose", "force", "resume", "jobs", "cache_dir", "caption_cac
 
 
 #: environment variables that change what a phase computes (msa.backbones.PRECISION_ENV: the text encoders'
-#: precision); recorded in every stamp when set, so that e.g. MSA_TEXT_PRECISION=fp32 make run recomputes
-RESULT_ENV = ("MSA_TEXT_PRECISION",)
+#: precision; msa.trainer.MIXED_PRECISION_ENV: the heads'); recorded in every stamp when set, so that e.g.
+#: MSA_TEXT_PRECISION=fp32 make run recomputes
+RESULT_ENV = ("MSA_TEXT_PRECISION", "MSA_MIXED_PRECISION")
 
 
 #: library modules that cannot change what a phase computes (the report reads results, stamps are bookkeeping,

@@ -81,8 +81,9 @@ def test_listing_digest_sees_added_and_resized_files(tmp_path):
 
 def test_a_result_changing_environment_variable_recomputes(tmp_path, monkeypatch):
     from msa.backbones import PRECISION_ENV
+    from msa.trainer import MIXED_PRECISION_ENV
 
-    assert PRECISION_ENV in stamp.RESULT_ENV
+    assert PRECISION_ENV in stamp.RESULT_ENV and MIXED_PRECISION_ENV in stamp.RESULT_ENV
     monkeypatch.delenv(PRECISION_ENV, raising=False)
     path = tmp_path / "inputs.json"
     plain = _inputs(tmp_path)
