@@ -63,3 +63,21 @@ def test_feature_benchmark_times_each_backbone_and_both_decoding_modes(synthetic
     assert "backbone=no_such_backbone unavailable" in out
     assert "both modalities at once (two lanes)" in out and "the pipeline's cold pass is" in out
     assert out.strip().splitlines()[-1].startswith("pairs_per_s=")
+
+
+def test_the_heads_benchmark_times_both_precisions_and_refuses_a_bad_size(capsys):
+    import pytest
+
+    from benchmarks import bench_heads
+    from msa.cli import UserError
+
+    assert bench_heads.main(["--fusions", "add,cross_attention", "--sizes", "8x16", "--steps", "2", "--repeats", "1",
+                             "--tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| add |") or line.startswith("| cross_attention |")]
+    assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 and float(r.split("|")[4]) > 0 for r in rows)
+    assert out.strip().splitlines()[-1].startswith("bf16_speedup_median=")
+    with pytest.raises(UserError, match="BATCHxHIDDEN"):
+        bench_heads.main(["--sizes", "64by256"])
+    with pytest.raises(UserError, match="unknown fusion"):
+        bench_heads.main(["--fusions", "nope"])
