@@ -125,12 +125,14 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("fusion, tokens, loss, sampler", [("concat", False, "acb", "none"),
-                                                           ("cross_attention", True, "ce", "balanced")])
-def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, fusion, tokens, loss, sampler):
+@pytest.mark.parametrize("fusion, tokens, loss, sampler, mp", [("concat", False, "acb", "none", "no"),
+                                                               ("cross_attention", True, "ce", "balanced", "no"),
+                                                               ("add", False, "focal", "none", "bf16")])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, fusion, tokens, loss, sampler, mp):
     from msa.trainer import RESUME_FILE
 
-    cfg = TrainConfig(learning_rate=3e-3, num_epochs=7, batch_size=32, patience=0, seed=3, sampler=sampler)
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=7, batch_size=32, patience=0, seed=3, sampler=sampler,
+                      mixed_precision=mp)
 
     def run(run_dir, stop_at=None, resume=False):
         model, train, val = _setup(fusion, tokens, seed=5)
