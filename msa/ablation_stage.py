@@ -338,8 +338,15 @@ def seed_sibling(recipe_config: Path | None, seed: int) -> Path | None:
 
     if recipe_config is None:
         return None
-    m = re.fullmatch(r"(.*-s)\d+", Path(recipe_config).parent.name)
-    return Path(recipe_config).parent.with_name(f"{m.group(1)}{seed}") if m else None
+    folder = Path(recipe_config).parent
+    source = folder / "SOURCE"  # a copy (msa.checkpoint.copy_run_dir, e.g. phase 3's best/): the run it copies
+    if source.is_file():
+        try:
+            folder = Path(source.read_text(encoding="utf-8").strip())
+        except OSError:
+            return None
+    m = re.fullmatch(r"(.*-s)\d+", folder.name)
+    return folder.with_name(f"{m.group(1)}{seed}") if m else None
 
 
 def retrain(plan: Plan, fs, data, runs_dir: Path, record: dict, jobs: int, resume: bool):

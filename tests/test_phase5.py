@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -142,11 +143,19 @@ def test_retrained_rows_follow_the_recipe_for_each_seed(ablation, setup):
                 {k: v for k, v in source["train"].items() if k != "seed"}
             ck = read_checkpoint_config(run / "checkpoint")
             assert [s["name"] for s in ck["model"]["specs"]] == mods and ck["model"]["hidden"] == 32
-    # the retrained text+image runs reproduce phase 3's own runs: same recipe, seeds and features
+    # the retrained text+image runs are phase 3's own runs (same recipe, seeds and features): copied, not trained
+    # again; the one-modality runs are trained
     for seed in SEEDS:
-        mine = json.loads((ablation / "results" / "runs" / f"multimodal-s{seed}" / "metrics.json").read_text())
+        run = ablation / "results" / "runs" / f"multimodal-s{seed}"
+        mine = json.loads((run / "metrics.json").read_text())
         theirs = json.loads((setup["p3"] / "runs" / f"ce-none-s{seed}" / "metrics.json").read_text())
         assert mine["weighted_f1"] == pytest.approx(theirs["weighted_f1"], abs=1e-6)
+        same = json.loads((run / "config.json").read_text())["same_as"]
+        assert Path(same).resolve() == (setup["p3"] / "runs" / f"ce-none-s{seed}").resolve()
+        for kind in ("text", "image"):
+            assert "same_as" not in json.loads((ablation / "results" / "runs" / f"{kind}-s{seed}" / "config.json")
+                                               .read_text())
+    assert runs.loc[runs["model"] == "retrained text + image", "same_as"].notna().all()
 
 
 def test_a_single_checkpoint_is_n_1_and_said_so(setup, tmp_path):
