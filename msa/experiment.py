@@ -187,7 +187,7 @@ def reuse_run(src: Path, run_dir: Path, config: dict, light: bool = False) -> di
     import json
 
     from msa.checkpoint import copy_run_dir
-    from msa.plots import confusion_matrix, training_curves
+    from msa.io import _json_default
 
     sf = RunFolder(Path(src))
     needed = [sf.config, sf.metrics, sf.history, sf.val_predictions] + ([] if light else [sf.checkpoint])
@@ -198,8 +198,6 @@ def reuse_run(src: Path, run_dir: Path, config: dict, light: bool = False) -> di
         metrics = json.loads(sf.metrics.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    from msa.io import _json_default
-
     ours = json.loads(json.dumps(config, default=_json_default))  # as write_json writes it
     if not isinstance(theirs, dict) or {k: v for k, v in theirs.items() if k != "arguments"} != \
             {k: v for k, v in ours.items() if k != "arguments"}:
@@ -209,11 +207,7 @@ def reuse_run(src: Path, run_dir: Path, config: dict, light: bool = False) -> di
     write_json(folder.config, {**config, "same_as": str(sf.root)})
     history = pd.read_csv(folder.history).to_dict(orient="records")
     if not light:
-        name = folder.root.name
-        training_curves(history, folder.figures / "training_curves.png", title=name)
-        if "confusion_matrix" in metrics:
-            confusion_matrix(metrics["confusion_matrix"], LABELS, folder.figures / "confusion_matrix.png",
-                             title=f"{name} (val)")
+        _draw_figures(folder, history, metrics)
     log.info("%s: the same run as %s, copied (not trained again)", run_dir, sf.root)
     return {"metrics": metrics, "history": history, "best_epoch": metrics.get("best_epoch"), "same_as": str(sf.root)}
 
@@ -277,8 +271,6 @@ def _run_configs(fs, data, model, fusion, loss, loss_kw, train_cfg, args_record,
 def _write_outputs(folder: RunFolder, fs: FeatureSet, data: Labelled, result: dict, metrics: dict,
                    light: bool) -> None:
     """metrics.json, val_predictions.csv and (unless ``light``) the run's figures."""
-    from msa.plots import confusion_matrix, training_curves
-
     write_json(folder.metrics, metrics)
     proba, index = result["val_proba"], result["val_index"]
     preds = pd.DataFrame({"guid": [fs.guids[i] for i in index], "label": [LABELS[data.labels[i]] for i in index],
@@ -286,10 +278,16 @@ def _write_outputs(folder: RunFolder, fs: FeatureSet, data: Labelled, result: di
     for k, lab in enumerate(LABELS):
         preds[f"p_{lab}"] = proba[:, k].round(6)
     write_csv(folder.val_predictions, preds)
-    if light:
-        return
+    if not light:
+        _draw_figures(folder, result["history"], metrics)
+
+
+def _draw_figures(folder: RunFolder, history: list[dict], metrics: dict) -> None:
+    """The run's training curves and validation confusion matrix, titled with its folder's name."""
+    from msa.plots import confusion_matrix, training_curves
+
     name = folder.root.name
-    training_curves(result["history"], folder.figures / "training_curves.png", title=name)
+    training_curves(history, folder.figures / "training_curves.png", title=name)
     if "confusion_matrix" in metrics:
         confusion_matrix(metrics["confusion_matrix"], LABELS, folder.figures / "confusion_matrix.png",
                          title=f"{name} (val)")

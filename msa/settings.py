@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 #: Accelerate's mixed-precision modes of the heads' training (``--mixed-precision``); ``auto``: bf16 on a CPU with
 #: native bfloat16, else no (msa.trainer.resolve_mixed_precision; ``MSA_MIXED_PRECISION`` overrides it)
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+#: what ``auto`` resolves to, and what a run's config records
+RESOLVED_PRECISIONS = MIXED_PRECISIONS[1:]
 MIXED_PRECISION_HELP = ("mixed precision of the heads' training (Accelerate): auto is bf16 on a CPU with native "
                         "bfloat16 (AVX512-BF16, AMX, Arm BF16) for heads of batch size x hidden >= 65536 (1.2-1.3x "
                         "faster there; validation stays float32), no (float32) elsewhere, or $MSA_MIXED_PRECISION "

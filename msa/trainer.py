@@ -27,7 +27,7 @@ from msa.checkpoint import save_checkpoint
 from msa.features import FeatureSet
 from msa.io import write_csv
 from msa.loop import LoopState, run_epochs, snapshot
-from msa.settings import DEFAULTS
+from msa.settings import DEFAULTS, MIXED_PRECISIONS, RESOLVED_PRECISIONS
 
 log = logging.getLogger(__name__)
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -55,15 +55,16 @@ def resolve_mixed_precision(value: str | None, batch_size: int | None = None, hi
     if value == "auto":
         env = os.environ.get(MIXED_PRECISION_ENV, "").strip()
         if env:
-            if env not in ("no", "fp16", "bf16"):
-                raise UserError(f"{MIXED_PRECISION_ENV}={env!r}: choose no, fp16 or bf16 (or unset it for auto)")
+            if env not in RESOLVED_PRECISIONS:
+                raise UserError(f"{MIXED_PRECISION_ENV}={env!r}: choose {', '.join(RESOLVED_PRECISIONS)} (or unset "
+                                "it for auto)")
             return env
         from msa.backbones import native_bf16
 
         small = batch_size is not None and hidden is not None and int(batch_size) * int(hidden) < BF16_MIN_WORK
         return "bf16" if not small and not torch.cuda.is_available() and native_bf16() else "no"
-    if value not in ("no", "fp16", "bf16"):
-        raise UserError(f"unknown mixed precision {value!r}: choose auto, no, fp16 or bf16")
+    if value not in RESOLVED_PRECISIONS:
+        raise UserError(f"unknown mixed precision {value!r}: choose {', '.join(MIXED_PRECISIONS)}")
     return value
 
 
