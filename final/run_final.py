@@ -99,6 +99,11 @@ def build_parser() -> cli.ArgumentParser:
                    help="training processes in parallel (one torch thread each)")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
+    o.add_argument("--test-file", default="auto", metavar="PATH",
+                   help="an unlabelled test index (guid,tag) whose posts' features (and side features) are put into "
+                        "the feature cache while the backbones are loaded, in the batches predict_test would use, so "
+                        "that predict_test loads no backbone: nothing of it is trained on or evaluated (auto: "
+                        "<data-root>/test_without_label.txt when it exists; none: skip)")
     add_output_dirs(o, FINAL_DIR, "where tables, runs, best/ go", "where the figures go")
     stamp.add_force_arg(o)
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -119,7 +124,8 @@ def main(argv=None) -> int:
     variants = recipe.choose_variants(s, args)
     side_specs = {s.replace(**ov).side_features or "" for ov, _ in variants.values()}
     stamp_path = args.results_dir / "inputs.json"
-    inputs = stamp.inputs_of(args, files=recipe.input_files(args, names, side_specs), code=[Path(__file__)])
+    inputs = stamp.inputs_of(args, files=recipe.input_files(args, names, side_specs), code=[Path(__file__)],
+                             ignore=("test_file",))  # warms the cache only: no output depends on it
     if stamp.check(stamp_path, inputs, args.force, "final recipe"):
         print(f"final recipe: up to date ({args.results_dir}); --force recomputes")
         return 0

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,13 +101,18 @@ def load_loss_state(directory: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path)) if path.is_file() else {}
 
 
-def copy_run_dir(src: str | Path, dst: str | Path) -> Path:
+def copy_run_dir(src: str | Path, dst: str | Path, names: Sequence[str] | None = None) -> Path:
     """Copy a run folder to ``dst`` atomically (temporary copy, then rename over the old one); ``dst/SOURCE``
-    names where it came from."""
+    names where it came from. ``names``: only these entries of ``src`` (e.g. a light run's files), not all."""
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
+    if names is None:
+        shutil.copytree(src, tmp)
+    else:
+        tmp.mkdir(parents=True)
+        for name in names:
+            shutil.copy2(src / name, tmp / name)
     (tmp / "SOURCE").write_text(f"{src.resolve()}\n", encoding="utf-8")
     old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
     if dst.exists():

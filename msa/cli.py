@@ -130,6 +130,11 @@ def output_file(text: str) -> Path:
     return path
 
 
+def optional_path(text: str) -> Path | None:
+    """argparse ``type``: a path, or ``none`` (no path: the feature it names is off)."""
+    return None if text.strip().lower() == "none" else Path(text)
+
+
 def output_dir(text: str) -> Path:
     """argparse ``type``: a folder to write into; refused when it is an existing file."""
     path = Path(text)

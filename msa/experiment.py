@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def labelled_features(data_dir: Path, guids: list[str], text_bb, image_bb, cache
 def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, loss: str, train_cfg, hidden: int,
               dropout: float, args_record: dict, loss_kw: dict | None = None, progress: bool = True,
               light: bool = False, init_from: Path | None = None, resume: bool = False, settings=None,
-              on_epoch=None, same_as: Path | None = None) -> dict:
+              on_epoch=None, same_as: Path | Sequence[Path] | None = None) -> dict:
     """Train one model and write its run folder; returns the fit result plus ``metrics``.
 
     ``on_epoch(row)`` is called after every epoch with its history row (a search's pruning: it may raise).
@@ -140,9 +141,10 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
     ``settings``, with the fusion and loss as trained, so that the run can be rebuilt from it
     (:func:`msa.ablation.recipe`).
 
-    ``same_as`` (a finished run folder, e.g. another phase's run of the same recipe and seed): when its
-    ``config.json`` equals this run's in everything but the arguments (the same settings, loss, seed, split, rows
-    and features), it is copied here instead of trained again (:func:`reuse_run`); otherwise this run trains."""
+    ``same_as`` (a finished run folder, e.g. another phase's run of the same recipe and seed, or several to try
+    in order): when its ``config.json`` equals this run's in everything but the arguments (the same settings, loss,
+    seed, split, rows and features), it is copied here instead of trained again (:func:`reuse_run`); otherwise
+    this run trains."""
     from msa.fusions import SIDE
     from msa.losses import build_loss
     from msa.trainer import FeatureDataset, fit, seed_everything
@@ -161,9 +163,10 @@ def train_run(run_dir: Path, fs: FeatureSet, data: Labelled, *, fusion: str, los
                                        token_mods, side_record, init_from, settings)
     folder = RunFolder(run_dir)
     if same_as is not None and init_from is None and not (resume and folder.resume_state.exists()):
-        reused = reuse_run(Path(same_as), run_dir, config, light)
-        if reused is not None:
-            return reused
+        for src in ([same_as] if isinstance(same_as, (str, Path)) else same_as):
+            reused = reuse_run(Path(src), run_dir, config, light)
+            if reused is not None:
+                return reused
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(folder.config, config)
     result = fit(model, loss_fn, train_ds, val_ds, train_cfg, LABELS, run_dir=run_dir,
@@ -182,7 +185,8 @@ def reuse_run(src: Path, run_dir: Path, config: dict, light: bool = False) -> di
     a checkpoint; no resume state left) whose ``config.json`` equals ``config`` but for ``arguments``: the same
     training, so the same weights and metrics (training is deterministic on the CPU). ``run_dir`` then gets this
     run's ``config.json`` with ``same_as`` naming ``src``, and ``SOURCE``; the figures are drawn again under this
-    run's name. Returns ``{"metrics": ..., "history": ..., "best_epoch": ..., "same_as": str(src)}``, or ``None``
+    run's name. A ``light`` run (a search's: no checkpoint, no figures) copies only config, metrics, history and
+    predictions. Returns ``{"metrics": ..., "history": ..., "best_epoch": ..., "same_as": str(src)}``, or ``None``
     (train instead) when ``src`` is not such a run."""
     import json
 
@@ -190,7 +194,8 @@ def reuse_run(src: Path, run_dir: Path, config: dict, light: bool = False) -> di
     from msa.io import _json_default
 
     sf = RunFolder(Path(src))
-    needed = [sf.config, sf.metrics, sf.history, sf.val_predictions] + ([] if light else [sf.checkpoint])
+    light_files = [sf.config, sf.metrics, sf.history, sf.val_predictions]
+    needed = light_files + ([] if light else [sf.checkpoint])
     if not all(f.exists() for f in needed) or sf.resume_state.exists():
         return None
     try:
@@ -202,7 +207,7 @@ def reuse_run(src: Path, run_dir: Path, config: dict, light: bool = False) -> di
     if not isinstance(theirs, dict) or {k: v for k, v in theirs.items() if k != "arguments"} != \
             {k: v for k, v in ours.items() if k != "arguments"}:
         return None
-    copy_run_dir(sf.root, run_dir)
+    copy_run_dir(sf.root, run_dir, names=[f.name for f in light_files] if light else None)
     folder = RunFolder(run_dir)
     write_json(folder.config, {**config, "same_as": str(sf.root)})
     history = pd.read_csv(folder.history).to_dict(orient="records")
@@ -210,6 +215,26 @@ def reuse_run(src: Path, run_dir: Path, config: dict, light: bool = False) -> di
         _draw_figures(folder, history, metrics)
     log.info("%s: the same run as %s, copied (not trained again)", run_dir, sf.root)
     return {"metrics": metrics, "history": history, "best_epoch": metrics.get("best_epoch"), "same_as": str(sf.root)}
+
+
+def finished_runs(folder: Path | None) -> dict[tuple[str, int], list[Path]]:
+    """The run folders directly under ``folder`` (e.g. phase 1's results) by ``(fusion, seed)`` as their
+    ``config.json`` records them: the candidates another stage's run of the same fusion and seed may be a copy of
+    (:func:`reuse_run` decides, from the whole config). Only small JSON files are read; a folder that is missing
+    or holds no runs gives ``{}``."""
+    import json
+
+    found: dict[tuple[str, int], list[Path]] = {}
+    if folder is None or not Path(folder).is_dir():
+        return found
+    for config in sorted(Path(folder).glob("*/config.json")):
+        try:
+            c = json.loads(config.read_text(encoding="utf-8"))
+            key = (str(c["fusion"]), int(c["train"]["seed"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found.setdefault(key, []).append(config.parent)
+    return found
 
 
 def _build_model(fs: FeatureSet, data: Labelled, fusion: str, token_mods: list[str], hidden: int, dropout: float,
@@ -310,7 +335,8 @@ class RunSpec:
     resume: bool = False  # continue from the run folder's last epoch state, if any
     val_idx: list[int] | None = None  # early-stopping rows other than the split's (e.g. an inner validation set)
     deadline: float | None = None  # a time budget (time.time() value): the run is skipped if it would start later
-    same_as: Path | None = None  # a finished run folder that may be this very run: copied if so (train_run)
+    #: finished run folders (one, or several to try in order) that may be this very run: copied if so (train_run)
+    same_as: Path | tuple[Path, ...] | None = None
 
 
 def _run_one(shared: dict, job: tuple[str, RunSpec]) -> dict:

@@ -48,17 +48,22 @@ def grid_features(s: dict, fusions: list[str], data, data_dir: Path, cache_dir: 
 
 
 def grid_specs(s: Settings, fusions: list[str], seeds: list[int], runs_dir: Path, mixed_precision,
-               deadline: float | None = None) -> list:
+               deadline: float | None = None, reuse_from: Path | None = None) -> list:
     """One run per fusion x seed, the slowest fusions first, so that parallel workers finish together. With a
     ``deadline`` (a time budget) seed by seed instead: every fusion gets its first seed before any gets a second,
-    and runs that would start after the deadline are skipped (never the first, so the grid has a result)."""
-    from msa.experiment import RunSpec
+    and runs that would start after the deadline are skipped (never the first, so the grid has a result).
+    ``reuse_from`` (phase 1's results): a run there of the same fusion and seed whose config equals the grid's run
+    (phase 1's baseline is the grid's ``concat`` with the default settings) is copied, not trained again."""
+    from msa.experiment import RunSpec, finished_runs
+
+    found = finished_runs(reuse_from)
 
     order = sorted(fusions, key=lambda f: (f not in ("cross_attention", "encoder"), fusions.index(f)))
     pairs = ([(f, seed) for seed in seeds for f in order] if deadline is not None else
              [(f, seed) for f in order for seed in seeds])
     return [RunSpec(runs_dir / f"{f}-s{seed}", s.replace(feature_fusion=f), seed, tag=f,
-                    mixed_precision=mixed_precision, deadline=deadline if i else None)  # the first always runs
+                    mixed_precision=mixed_precision, deadline=deadline if i else None,  # the first always runs
+                    same_as=tuple(found.get((f, seed), ())) or None)
             for i, (f, seed) in enumerate(pairs)]
 
 
@@ -75,6 +80,16 @@ def grid_budget(timeout: float | None, specs: list, done: list[dict], fusions: l
                              + ", ".join(f"{f} {n}" for f, n in seeds.items()) + ")" if skipped else "")
                           + (f"; not run: {', '.join(missing)}" if missing else "") + ".\n")
     return record
+
+
+def copied_note(done: list[dict]) -> str:
+    """The table's note on the runs copied from another stage (:func:`grid_specs`' ``reuse_from``), or ``""``."""
+    copied = [r for r in done if r.get("same_as")]
+    if not copied:
+        return ""
+    runs = ", ".join(f"{r['tag']} seed {r['seed']}" for r in copied)
+    return (f"\n{len(copied)} of the {len(done)} runs ({runs}) are the same runs as {Path(copied[0]['same_as']).parent}"
+            " (the same configuration and seed): copied, not trained again (`same_as` in their config.json).\n")
 
 
 def summarise(results: list[dict], key: str = "tag"):

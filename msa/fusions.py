@@ -574,9 +574,13 @@ class MultimodalClassifier(nn.Module):
                         raise ConfigError(f"mask of {n!r} must be {tuple(t.shape[:2])}, got {tuple(m.shape)}")
                     p_masks[n] = m = m.to(torch.bool)
                     # project only the real tokens: batches are padded to their longest text (on MVSA ~2.7x
-                    # the mean length), and the projection is most of the cost of a token fusion
-                    real = self.proj[n](t[m])
-                    p_tokens[n] = real.new_zeros(*t.shape[:2], real.shape[-1]).masked_scatter(m[..., None], real)
+                    # the mean length), and the projection is most of the cost of a token fusion. The rows are
+                    # gathered by index, not with t[m] / masked_scatter (the same values, forward and backward;
+                    # ~1.3x faster for a batch of 64 x 30 MiniLM tokens on the CPU)
+                    rows = m.reshape(-1).nonzero().squeeze(1)
+                    real = self.proj[n](t.reshape(-1, t.shape[-1]).index_select(0, rows))
+                    p_tokens[n] = real.new_zeros(t.shape[0] * t.shape[1], real.shape[-1]).index_copy(
+                        0, rows, real).view(*t.shape[:2], real.shape[-1])
                 else:
                     p_tokens[n] = self.proj[n](t)
             if n in modality_mask:

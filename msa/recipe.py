@@ -76,13 +76,16 @@ def run(args, s, variants: dict, side_specs: set[str], names: list[str], seeds: 
 
     folds = make_folds(cli.work_dir(args), names, args.inner_val)
     guids = folds[0]["data"].guids
+    test = test_guids(args)
     # the side features (image statistics: decoding, which releases the GIL) in a thread while this one imports
     # and loads the backbones on one core; the fork server only after the extraction (started before it, it held
     # ~300 MiB more at the run's peak, 3,680 MiB PSS), so that it imports while this process attaches the side
     # features and the pool's workers start at once
     with ThreadPoolExecutor(1, thread_name_prefix="side") as pool:
         sides = pool.submit(side_features, side_specs, guids, args)
-        views, view = feature_views(s, variants, guids, args)
+        if test and s.get("side_features"):  # predict_test's side features, into their cache (after those)
+            pool.submit(side_features, {s["side_features"]}, test, args)
+        views, view = feature_views(s, variants, guids, args, test)
         prestart(args.jobs)
         sides = sides.result()
     results, trained = run_variants(variants, s, views, sides, folds, seeds, args,
@@ -321,9 +324,29 @@ def make_folds(work: Path, names: list[str], inner_val: float) -> list[dict]:
     return folds
 
 
-def feature_views(s: dict, variants: dict, guids: list[str], args) -> tuple[dict, str]:
+def test_guids(args) -> list[str]:
+    """The guids of ``--test-file`` (``auto``: ``<data-root>/test_without_label.txt`` when it exists; ``none``:
+    none), whose features :func:`feature_views` puts into the cache for predict_test. An unreadable index is a
+    warning, not an error: predict_test then computes them itself."""
+    from msa.data import read_index
+
+    if args.test_file == "none":
+        return []
+    path = Path(args.data_root) / "test_without_label.txt" if args.test_file == "auto" else Path(args.test_file)
+    if args.test_file == "auto" and not path.is_file():
+        return []
+    try:
+        return list(read_index(path, labelled=False).guids)
+    except (OSError, cli.UserError) as exc:
+        log.warning("--test-file %s: %s; predict_test will compute the test posts' features itself", path, exc)
+        return []
+
+
+def feature_views(s: dict, variants: dict, guids: list[str], args, test: list[str] = ()) -> tuple[dict, str]:
     """``({"image": features, <view>: features of the mirrored images}, view name)``: the mirrored view only with
-    ``--tta`` or ``--ablation`` (which shows what it would add)."""
+    ``--tta`` or ``--ablation`` (which shows what it would add). ``test`` (unlabelled guids, :func:`test_guids`):
+    their features by the recipe's backbones go into the cache too, each set in its own batches as predict_test
+    computes them (the same features, bit for bit), so that predict_test loads no backbone."""
     from msa.experiment import labelled_features, load_backbones, token_modalities
     from msa.features import extract_features, with_image_view
 
@@ -338,6 +361,15 @@ def feature_views(s: dict, variants: dict, guids: list[str], args) -> tuple[dict
         views[view] = with_image_view(fs, extract_features(
             guids, data_dir, None, ib, args.cache_dir, tokens=[m for m in token_mods if m == "image"],
             batch_size=args.feature_batch_size, image_view=view))
+    if test:
+        own = token_modalities(s["feature_fusion"])  # the ensemble's (the recipe's) token sequences only
+        try:
+            extract_features(test, data_dir, tb, ib, args.cache_dir, tokens=own, batch_size=args.feature_batch_size)
+            if ib is not None and args.tta != "none":
+                extract_features(test, data_dir, None, ib, args.cache_dir, tokens=[m for m in own if m == "image"],
+                                 batch_size=args.feature_batch_size, image_view=args.tta, check_files=False)
+        except cli.UserError as exc:
+            log.warning("the test posts' features were not computed here (predict_test will): %s", exc)
     return views, view
 
 

@@ -1,7 +1,8 @@
 """Phase 2a: trains every fusion of the registry x several seeds on phase 0's split and writes the comparison
 and best_config.json to phase2/results/ (figure in phase2/figures/).
 
-Run from the repository root after phase 0 (phase 1 is not needed; the features come from the same cache):
+Run from the repository root after phase 0 (phase 1 is not needed; the features come from the same cache, and
+phase 1's runs, when there, are copied instead of trained again where they are the grid's run: --reuse-runs):
 
     python phase2/run_phase2.py --data-root dataset/
     python phase2/run_phase2.py --data-root ../shared/mvsa --seeds 42,43,44 --jobs 2
@@ -24,6 +25,7 @@ from msa import cli, stamp
 from msa.config import add_output_dirs
 
 PHASE_DIR = Path(__file__).resolve().parent
+DEFAULT_REUSE = PHASE_DIR.parent / "phase1" / "results"
 
 
 def _fusions_help() -> str:  # shown by --help only: the registry (torch) is not read to build the parser
@@ -47,6 +49,11 @@ def build_parser() -> cli.ArgumentParser:
                    help="time budget in seconds for the grid: runs go seed by seed (every fusion's first seed "
                         "before any second one) and none starts after the budget; the table says what was skipped "
                         "(default: none, every run)")
+    o.add_argument("--reuse-runs", type=cli.optional_path, default=DEFAULT_REUSE, metavar="DIR",
+                   help="finished runs there (phase 1's: its baseline is the grid's concat with the default "
+                        "settings) whose config equals a grid run's but for the arguments are copied, not trained "
+                        "again; the same weights and metrics, since training is deterministic on the CPU "
+                        "('none': train every run)")
     o.add_argument("--cache-dir", type=Path, default=cli.CACHE_ROOT / "features", help="feature cache folder")
     o.add_argument("--feature-batch-size", type=cli.positive_int, default=32, help="batch size of the frozen backbones")
     add_output_dirs(o, PHASE_DIR, "where tables and runs go", "where the chart goes")
@@ -86,7 +93,8 @@ def main(argv=None) -> int:
                              args.feature_batch_size)
     record = cli.args_record(args) | {"resolved": s}
     deadline = time.time() + args.timeout if args.timeout else None
-    specs = stage.grid_specs(s, fusions, seeds, args.results_dir / "runs", args.mixed_precision, deadline)
+    specs = stage.grid_specs(s, fusions, seeds, args.results_dir / "runs", args.mixed_precision, deadline,
+                             reuse_from=args.reuse_runs)
     results = run_grid(specs, fs, data, jobs=args.jobs, record=record, desc="phase 2 fusion x seed")
     done = [r for r in results if not r.get("skipped")]
     ran = [f for f in fusions if any(r["tag"] == f for r in done)]
@@ -95,6 +103,7 @@ def main(argv=None) -> int:
     write_csv(args.results_dir / "summary.csv", table.reset_index())
     grid_seconds = time.time() - t0
     budget = stage.grid_budget(args.timeout, specs, done, fusions, ran)
+    budget["note"] += stage.copied_note(done)
     title = (f"# Phase 2: fusion search (split `{data.split.name}`, seeds {', '.join(map(str, seeds))}, "
              f"{len(done)} runs in {grid_seconds:.0f} s)")
     write_text(args.results_dir / "summary.md", stage.markdown_table(table, title) + budget["note"])
@@ -103,6 +112,7 @@ def main(argv=None) -> int:
                  f"{len(seeds)} seeds)", ylim=(0, 1))
     best = stage.best_config(table, s, ran, seeds, data, fs.backbones)
     best["grid_budget"] = {k: v for k, v in budget.items() if k != "note"}
+    best["grid_budget"]["runs_copied"] = [r["run_dir"] for r in done if r.get("same_as")]
     write_json(args.results_dir / "best_config.json", best)
     stamp.write(stamp_path, inputs, [args.results_dir / "summary.csv"])
     print(stage.markdown_table(table, f"phase 2: {len(done)} runs in {grid_seconds:.1f}s") + budget["note"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from final import run_final as final
 from msa import recipe
@@ -121,6 +122,31 @@ def test_the_ensemble_predicts_the_test_file(run, tmp_path):
     assert pred["guid"].tolist() == test["guid"].tolist()
     prov = json.loads((tmp_path / "predict.txt.provenance.json").read_text())
     assert prov["members"] == FOLDS * len(SEEDS) and prov["decision_bias"] == spec["bias"]
+
+
+def test_the_recipe_leaves_the_test_posts_features_so_predict_test_loads_no_backbone(run, tmp_path, monkeypatch):
+    """The recipe computes the test posts' features (and side features) with its loaded backbones, in their own
+    batches, so predict_test finds every one in the cache and loads nothing; they equal a fresh computation."""
+    from msa import backbones, features
+
+    loads = []
+    monkeypatch.setattr(backbones.LazyBackbone, "materialise",
+                        lambda self: loads.append(self.info.name) or pytest.fail(f"{self.info.name} was loaded"))
+    out = tmp_path / "predict.txt"
+    assert predict_test.main(["--checkpoint", str(run["res"] / "best"), "--data-root", str(run["root"]),
+                              "--output", str(out), "--cache-dir", str(run["tmp"] / "cache")]) == 0
+    assert loads == []
+    monkeypatch.undo()
+    test = pd.read_csv(run["root"] / "test_without_label.txt", dtype=str)["guid"].tolist()
+    kw = dict(batch_size=32, progress=False)
+    cached = features.extract_features(test, run["root"] / "data", backbones.text_backbone(str(run["tmp"] / "bert")),
+                                       backbones.image_backbone(str(run["tmp"] / "vit")), run["tmp"] / "cache", **kw)
+    fresh = features.extract_features(test, run["root"] / "data", backbones.text_backbone(str(run["tmp"] / "bert")),
+                                      backbones.image_backbone(str(run["tmp"] / "vit")), tmp_path / "cache", **kw)
+    assert cached.stats["text"]["computed"] == cached.stats["image"]["computed"] == 0
+    assert fresh.stats["text"]["computed"] > 0
+    for m in ("text", "image"):
+        assert torch.equal(cached.pooled[m], fresh.pooled[m])
 
 
 def test_test_time_augmentation_uses_the_mirrored_images(run, tmp_path):

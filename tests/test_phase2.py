@@ -71,6 +71,42 @@ def test_a_time_budget_runs_seed_by_seed_and_says_what_it_skipped(setup, tmp_pat
     assert not (tmp_path / "results" / "runs" / "add-s1").exists()
 
 
+def test_phase1s_baseline_runs_are_copied_into_the_grid_and_equal_training_them(setup, tmp_path):
+    """Phase 1's baseline is the grid's concat with the default settings: the grid copies those runs (--reuse-runs,
+    phase 1's results by default) instead of training them again, and what it copies is what training gives."""
+    from phase1 import main as phase1
+
+    p1 = tmp_path / "p1"
+    common = ["--seeds", "1,2", "--num-epochs", "3"]
+    assert phase1.main(setup["base"] + common + ["--name", "base", "--no-probe", "--results-dir", str(p1),
+                                                 "--figures-dir", str(tmp_path / "f1")]) == 0
+
+    def grid(out: str, reuse: str):
+        assert run_phase2.main(setup["base"] + common + ["--jobs", "1", "--fusions", "concat,add", "--reuse-runs",
+                                                         reuse, "--results-dir", str(tmp_path / out),
+                                                         "--figures-dir", str(tmp_path / f"{out}-f")]) == 0
+        return tmp_path / out
+
+    copied, trained = grid("copied", str(p1)), grid("trained", "none")
+    for seed in (1, 2):
+        run = copied / "runs" / f"concat-s{seed}"
+        config = json.loads((run / "config.json").read_text())
+        assert config["same_as"] == str(p1 / f"base-s{seed}")
+        assert sorted(p.name for p in run.iterdir()) == ["SOURCE", "config.json", "history.csv", "metrics.json",
+                                                         "val_predictions.csv"]  # a light run: no checkpoint
+        assert "same_as" not in json.loads((trained / "runs" / f"concat-s{seed}" / "config.json").read_text())
+        assert "same_as" not in json.loads((copied / "runs" / f"add-s{seed}" / "config.json").read_text())
+        ours, theirs = (json.loads((d / "runs" / f"concat-s{seed}" / "metrics.json").read_text())
+                        for d in (copied, trained))
+        assert ours["weighted_f1"] == theirs["weighted_f1"] and ours["confusion_matrix"] == theirs["confusion_matrix"]
+    a, b = (pd.read_csv(d / "summary.csv") for d in (copied, trained))
+    cols = [c for c in a.columns if not c.startswith("seconds")]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert "2 of the 4 runs (concat seed 1, concat seed 2) are the same runs as" in (copied / "summary.md").read_text()
+    best = json.loads((copied / "best_config.json").read_text())
+    assert len(best["grid_budget"]["runs_copied"]) == 2
+
+
 def test_unknown_fusion_is_a_clear_error(setup):
     with pytest.raises(run_phase2.cli.UserError, match="unknown fusion"):
         run_phase2.main(setup["base"] + ["--fusions", "concat,nope"])
