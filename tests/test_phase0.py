@@ -273,3 +273,14 @@ def test_cleaner_runs_as_a_script_with_a_summary(synthetic_root, tmp_path):
     out = _run("phase0/data_cleaner.py", "--data-root", str(synthetic_root), "--work-dir", str(tmp_path / "w"))
     assert out.returncode == 0, out.stderr
     assert "kept" in out.stdout and "split 'default'" in out.stdout
+
+
+def test_inspection_in_threads_gives_the_rows_of_one_thread_in_order(faulty_copy):
+    """Phase 0 inspects the posts in threads (one per core): the same rows, in the index's order, as one thread
+    gives, broken files included."""
+    root, _ = faulty_copy
+    guids = sorted(p.stem for p in (root / "data").iterdir() if p.suffix == ".txt") + ["no-such-guid"]
+    one = cleaning.inspect_all(root / "data", guids, "one", workers=1)
+    three = cleaning.inspect_all(root / "data", guids, "three", workers=3)
+    pd.testing.assert_frame_equal(one, three)
+    assert one["guid"].tolist() == guids and set(one["image_status"]) > {"ok"}
