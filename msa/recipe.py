@@ -83,11 +83,15 @@ def run(args, s, variants: dict, side_specs: set[str], names: list[str], seeds: 
     # features and the pool's workers start at once
     with ThreadPoolExecutor(1, thread_name_prefix="side") as pool:
         sides = pool.submit(side_features, side_specs, guids, args)
-        if test and s.get("side_features"):  # predict_test's side features, into their cache (after those)
-            pool.submit(side_features, {s["side_features"]}, test, args)
+        # predict_test's side features, into their cache (after those)
+        test_sides = pool.submit(side_features, {s["side_features"]}, test, args) if test and s.get(
+            "side_features") else None
         views, view = feature_views(s, variants, guids, args, test)
         prestart(args.jobs)
         sides = sides.result()
+    if test_sides is not None and test_sides.exception() is not None:  # a cache warm-up: never fatal, never silent
+        log.warning("the test posts' side features were not computed here (predict_test will): %s",
+                    test_sides.exception())
     results, trained = run_variants(variants, s, views, sides, folds, seeds, args,
                                     cli.args_record(args) | {"resolved": s})
     frame = write_fold_tables(results, args.results_dir)
