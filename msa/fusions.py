@@ -54,12 +54,14 @@ __all__ = [
     "ConcatFusion",
     "ConfigError",
     "CrossAttentionFusion",
+    "Dropout",
     "EncoderFusion",
     "Fusion",
     "ModalitySpec",
     "MultimodalClassifier",
     "SIDE",
     "SideBranch",
+    "dropout",
 ]
 
 
@@ -108,6 +110,74 @@ def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
         return x.mean(dim=1)
     m = mask.to(x.dtype).unsqueeze(-1)
     return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+# ------------------------------------------------------------------------------------------------ dropout
+#: whether this torch's CPU dropout draws its mask as :func:`dropout` does (None: not checked yet in this process)
+_SAME_MASK: bool | None = None
+
+
+def _uniform_dropout(x: Tensor, p: float) -> Tensor:
+    keep = 1.0 - p
+    noise = torch.empty_like(x, dtype=torch.float64).uniform_() < keep
+    return x * noise.to(x.dtype).div_(keep)
+
+
+def _same_mask() -> bool:
+    """Whether :func:`_uniform_dropout` gives ``F.dropout``'s output and leaves the generator where it does, on
+    this torch (checked once per process on a small tensor, the global generator's state restored)."""
+    global _SAME_MASK
+    if _SAME_MASK is None:
+        import torch.nn.functional as F
+
+        with torch.random.fork_rng(devices=[]):
+            x = torch.randn(7, 33).t()  # a transposed view: the mask follows the memory layout
+            torch.manual_seed(12345)
+            a, after_a = F.dropout(x, 0.3, True), torch.rand(4)
+            torch.manual_seed(12345)
+            b, after_b = _uniform_dropout(x, 0.3), torch.rand(4)
+        _SAME_MASK = torch.equal(a, b) and torch.equal(after_a, after_b)
+    return _SAME_MASK
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """``torch.nn.functional.dropout(x, p, training)``, bit for bit, about 2.8x faster on the CPU.
+
+    On the CPU, ``F.dropout`` fills a tensor like ``x`` with ``bernoulli_(1 - p)``, which draws one double from
+    the global generator per element, keeps it when it is below ``1 - p`` and stores it as 0 or 1, at ~13 ns an
+    element here (a third of a token fusion's forward pass in phase 2). Drawing the same doubles with
+    ``uniform_`` (the kernel of ``torch.rand``) and comparing them gives the same mask, the same outputs and
+    gradients and the generator in the same state afterwards, at ~4.5 ns an element. That equality is checked
+    once per process (:func:`_same_mask`; the tests check it too); where it does not hold (another torch), and on
+    other devices, this is ``F.dropout``."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or not x.is_floating_point() or not 0.0 < p < 1.0 or not _same_mask():
+        import torch.nn.functional as F
+
+        return F.dropout(x, p, training)
+    return _uniform_dropout(x, p)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through :func:`dropout` (the same outputs, faster on the CPU); a drop-in replacement with
+    the same (empty) state dict."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.inplace:
+            return super().forward(x)
+        return dropout(x, self.p, self.training)
+
+
+def fast_dropouts(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.Dropout`` inside ``module`` (e.g. a ``TransformerEncoderLayer``'s) by :class:`Dropout`
+    of the same ``p``, in place; returns ``module``."""
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Dropout:
+            setattr(module, name, Dropout(child.p, child.inplace))
+        else:
+            fast_dropouts(child)
+    return module
 
 
 # ------------------------------------------------------------------------------------------------ fusions
@@ -214,7 +284,7 @@ class _ModalitySelfAttention(Fusion):
         _check_heads(self.hidden, heads)
         self.heads = heads
         self.attn = nn.MultiheadAttention(self.hidden, heads, dropout=self.dropout, batch_first=True)
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout)
         self.norm = nn.LayerNorm(self.hidden)
 
     def attend(self, feats: dict[str, Tensor]) -> Tensor:
@@ -272,7 +342,7 @@ class EncoderFusion(Fusion):
         self.cls_token = nn.Parameter(torch.randn(1, 1, self.hidden) * 0.02) if self.use_cls else None
         layer = nn.TransformerEncoderLayer(self.hidden, heads, dim_feedforward=ff_mult * self.hidden,
                                            dropout=self.dropout, activation="gelu", batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.encoder = fast_dropouts(nn.TransformerEncoder(layer, layers, enable_nested_tensor=False))
 
     def forward(self, feats, tokens=None, masks=None):
         x = self.stack(feats) + self.type_emb.unsqueeze(0)
@@ -324,7 +394,7 @@ class CrossAttentionFusion(Fusion):
         self.query, self.key, self.heads = query, key, heads
         self.others = [n for n in self.names if n not in (query, key)]
         self.attn = nn.MultiheadAttention(self.hidden, heads, dropout=self.dropout, batch_first=True)
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout)
         self.norm = nn.LayerNorm(self.hidden)
         self.out_dim = (2 + len(self.others)) * self.hidden
 
@@ -376,7 +446,7 @@ class CrossAttentionFusion(Fusion):
         scores = torch.einsum("bhc,blc->bhl", u, kv)
         if pad is not None:
             scores = scores.masked_fill(pad.unsqueeze(1), float("-inf"))
-        weights = F.dropout(scores.softmax(-1), attn.dropout, self.training)
+        weights = dropout(scores.softmax(-1), attn.dropout, self.training)
         mixed = torch.einsum("bhl,blc->bhc", weights, kv)  # attention-weighted tokens (B, heads, H)
         ctx = torch.einsum("bhc,hdc->bhd", mixed, w_v.view(heads, d, h)) + b_v.view(heads, d) * weights.sum(
             -1, keepdim=True)
@@ -430,7 +500,7 @@ class SideBranch(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).clamp_min(1e-6), persistent=False)
         self.register_buffer("ind", torch.tensor(self.indicators, dtype=torch.long), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(c + len(self.indicators), hidden), nn.LayerNorm(hidden), nn.GELU(),
-                                 nn.Dropout(dropout))
+                                 Dropout(dropout))
 
     @staticmethod
     def fit(x, columns: list[str]) -> dict:
@@ -503,7 +573,7 @@ class MultimodalClassifier(nn.Module):
         self.fusion = FUSIONS[fusion](self.specs, self.hidden, self.dropout_p, **self.fusion_kw)
         self.proj = nn.ModuleDict({
             s.name: nn.Sequential(nn.Linear(s.dim, self.hidden), nn.LayerNorm(self.hidden), nn.GELU(),
-                                  nn.Dropout(self.dropout_p))
+                                  Dropout(self.dropout_p))
             for s in self.specs
         })
         if SIDE in self.names and side is not None:
@@ -511,7 +581,7 @@ class MultimodalClassifier(nn.Module):
         self.side = None if side is None else SideBranch(**side, hidden=self.hidden, dropout=self.dropout_p)
         out_dim = self.fusion.out_dim + (self.hidden if self.side is not None else 0)
         self.head = nn.Sequential(nn.Linear(out_dim, self.hidden), nn.GELU(),
-                                  nn.Dropout(self.dropout_p), nn.Linear(self.hidden, self.num_outputs))
+                                  Dropout(self.dropout_p), nn.Linear(self.hidden, self.num_outputs))
 
     @property
     def requires_tokens(self) -> bool:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msa.fusions import FUSIONS, ConfigError, ModalitySpec, MultimodalClassifier
+from msa.fusions import FUSIONS, ConfigError, Dropout, ModalitySpec, MultimodalClassifier
 from msa.loop import run_epochs, snapshot
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class LSTMEncoder(SeqEncoder):
             raise ConfigError(f"a bidirectional LSTM needs an even hidden size, got {out_dim}")
         self.bidirectional = bool(bidirectional)
         self.inp = nn.Linear(in_dim, out_dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.lstm = nn.LSTM(out_dim, out_dim // (2 if bidirectional else 1), num_layers=int(layers), batch_first=True,
                             bidirectional=self.bidirectional, dropout=dropout if layers > 1 else 0.0)
 
@@ -170,7 +170,7 @@ class TransformerSeqEncoder(SeqEncoder):
         if heads < 1 or out_dim % heads:
             raise ConfigError(f"hidden size {out_dim} is not divisible by heads={heads}")
         self.inp = nn.Linear(in_dim, out_dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         layer = nn.TransformerEncoderLayer(out_dim, heads, dim_feedforward=ff_mult * out_dim, dropout=dropout,
                                            activation="gelu", batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, int(layers), enable_nested_tensor=False)
@@ -332,7 +332,7 @@ class CMCBEP(SeqModel):
             f"{m}__{k}": nn.MultiheadAttention(h, self.heads, dropout=self.dropout_p, batch_first=True)
             for m in self.names for k in self.names if k != m and (lead == "auto" or k == lead)})
         self.supp_norm = nn.ModuleDict({m: nn.LayerNorm(h) for m in self.names})
-        self.unimodal = nn.ModuleDict({m: nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Dropout(self.dropout_p),
+        self.unimodal = nn.ModuleDict({m: nn.Sequential(nn.Linear(h, h), nn.GELU(), Dropout(self.dropout_p),
                                                         nn.Linear(h, 1)) for m in self.names})
         self.fused = MultimodalClassifier([ModalitySpec(m, h) for m in self.names], fusion, num_outputs=1, hidden=h,
                                           dropout=self.dropout_p, **self.fusion_kw)

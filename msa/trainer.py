@@ -402,6 +402,34 @@ def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer, scheduler, loss_f
                      best_score=float(b["score"]), best_epoch=int(b["epoch"]))
 
 
+def _step_functions(acc, model, optimizer, scheduler) -> tuple[Callable[[float], object], Callable[[], None]]:
+    """``(clip(max_norm), step())``: gradient clipping, then the optimiser's and the schedule's step, as Accelerate
+    does them. In one process without a gradient scaler (the CPU, one GPU in float32 or bf16) Accelerate's
+    wrappers only forward to torch's ``clip_grad_norm_`` and to the wrapped optimiser and schedule, after checks
+    that cost more than the step of a small head (two package look-ups per step for an optional optimiser), so
+    these call torch directly: the same operations in the same order, the same weights bit for bit (a test trains
+    both ways)."""
+    from accelerate.utils import DistributedType
+
+    plain = (acc.distributed_type == DistributedType.NO and acc.num_processes == 1
+             and getattr(acc, "scaler", None) is None and hasattr(optimizer, "optimizer")
+             and hasattr(scheduler, "scheduler"))
+    if not plain:
+        def step() -> None:
+            optimizer.step()
+            scheduler.step()
+
+        return (lambda max_norm: acc.clip_grad_norm_(model.parameters(), max_norm)), step
+    params = list(model.parameters())
+    inner_opt, inner_sched = optimizer.optimizer, scheduler.scheduler
+
+    def plain_step() -> None:
+        inner_opt.step()
+        inner_sched.step()
+
+    return (lambda max_norm: torch.nn.utils.clip_grad_norm_(params, max_norm)), plain_step
+
+
 class _Classification:
     """:func:`fit`'s adapter for :func:`msa.loop.run_epochs`: one epoch of the head, scored by validation
     weighted F1 (minus the training loss without validation labels); the best epoch's weights, metrics and
@@ -412,6 +440,7 @@ class _Classification:
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.saved_at = None  # time.monotonic() of the last history / resume-state write
+        self.clip, self.step = _step_functions(acc, model, optimizer, scheduler)
 
     def run_epoch(self, epoch: int) -> tuple[dict, float]:
         from msa.metrics import classification_metrics
@@ -426,9 +455,8 @@ class _Classification:
                 loss = loss_fn(_forward(model, batch), batch["label"])
             acc.backward(loss)
             if cfg.grad_clip:
-                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
+                self.clip(cfg.grad_clip)
+            self.step()
             total_loss += float(loss.detach()) * len(batch["label"])
             seen += len(batch["label"])
         loss_fn.eval()

@@ -323,3 +323,64 @@ def test_single_query_cross_attention_equals_multihead_attention():
     assert torch.allclose(ref, fast, atol=1e-5)
     assert torch.allclose(fusion.attn(q, kv, kv, need_weights=False)[0], fusion._single_query(q, kv, None),
                           atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ dropout
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.3717])
+@pytest.mark.parametrize("shape", [(7, 3), (128, 512), (40, 9, 16)])
+def test_fast_dropout_is_torch_dropout_bit_for_bit(shape, p, dtype):
+    import torch.nn.functional as F
+
+    from msa import fusions
+
+    assert fusions._same_mask()  # this torch draws the same mask both ways, so the fast path runs
+    for x in (torch.randn(*shape).to(dtype), torch.randn(*shape[::-1]).to(dtype).transpose(0, -1)):
+        torch.manual_seed(7)
+        want, want_after = F.dropout(x, p, True), torch.rand(5)
+        torch.manual_seed(7)
+        got, got_after = fusions.dropout(x, p, True), torch.rand(5)
+        assert torch.equal(got, want) and got.dtype == want.dtype
+        assert torch.equal(got_after, want_after)  # the generator is left where torch's dropout leaves it
+    x = torch.randn(5, 6)
+    assert fusions.dropout(x, 0.4, False) is x and fusions.dropout(x, 0.0, True) is x
+
+
+@pytest.mark.parametrize("fusion", list(FUSIONS))
+def test_fast_dropout_trains_every_fusion_as_torch_dropout_does(fusion, monkeypatch):
+    """A few optimiser steps of every fusion with the fast dropout and with torch's (forced by pretending the
+    masks differ): the same losses and weights, bit for bit."""
+    from msa import fusions
+
+    def train(fast: bool) -> tuple[list[float], dict]:
+        monkeypatch.setattr(fusions, "_SAME_MASK", None if fast else False)
+        torch.manual_seed(3)
+        model = build("two", fusion, dropout=0.4, fusion_kw={"layers": 2} if fusion == "encoder" else {})
+        assert not any(type(m) is torch.nn.Dropout for m in model.modules())  # every dropout is the fast one
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        feats, tokens, masks = make_inputs(model.specs, 8)
+        losses = []
+        for _ in range(4):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(feats, tokens, masks), torch.arange(8) % 3)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        return losses, {k: v.clone() for k, v in model.state_dict().items()}
+
+    (fast_losses, fast_state), (torch_losses, torch_state) = train(True), train(False)
+    assert fast_losses == torch_losses
+    assert fast_state.keys() == torch_state.keys()
+    assert all(torch.equal(fast_state[k], torch_state[k]) for k in fast_state)
+
+
+def test_fast_dropout_falls_back_where_masks_differ(monkeypatch):
+    import torch.nn.functional as F
+
+    from msa import fusions
+
+    monkeypatch.setattr(fusions, "_SAME_MASK", False)
+    calls = []
+    monkeypatch.setattr(F, "dropout", lambda x, p, training: calls.append(p) or x)
+    x = torch.randn(4, 4)
+    assert fusions.dropout(x, 0.25, True) is x and calls == [0.25]

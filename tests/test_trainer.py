@@ -74,6 +74,40 @@ def test_same_seed_same_metrics_on_cpu():
         assert a["train_loss"] == b["train_loss"] and a["weighted_f1"] == b["weighted_f1"]
 
 
+@pytest.mark.parametrize("mp", ["no", "bf16"])
+def test_direct_torch_steps_train_as_accelerates_wrappers_do(monkeypatch, mp):
+    """One process without a gradient scaler clips and steps through torch directly (msa.trainer._step_functions);
+    forced through Accelerate's wrappers the run gives the same history and weights, bit for bit."""
+    from msa import trainer
+
+    def run(direct: bool):
+        calls = []
+        real = trainer._step_functions
+
+        def spy(acc, model, optimizer, scheduler):
+            if direct:
+                clip, step = real(acc, model, optimizer, scheduler)
+            else:
+                clip = lambda max_norm: acc.clip_grad_norm_(model.parameters(), max_norm)  # noqa: E731
+                step = lambda: (optimizer.step(), scheduler.step())  # noqa: E731
+            calls.append(clip)
+            return clip, step
+
+        monkeypatch.setattr(trainer, "_step_functions", spy)
+        model, train, val = _setup("attention_add", seed=4)
+        cfg = TrainConfig(learning_rate=5e-3, num_epochs=4, batch_size=16, seed=2, patience=0, grad_clip=0.05,
+                          mixed_precision=mp)
+        res = fit(model, build_loss("focal", class_counts=[60, 30, 90]), train, val, cfg, LABELS, progress=False)
+        assert len(calls) == 1
+        return res["history"], {k: v.clone() for k, v in res["model"].state_dict().items()}
+
+    (h_direct, w_direct), (h_wrapped, w_wrapped) = run(True), run(False)
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in h_direct] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in h_wrapped]
+    assert all(torch.equal(w_direct[k], w_wrapped[k]) for k in w_direct)
+
+
 def test_early_stopping_stops():
     model, train, val = _setup()
     cfg = TrainConfig(learning_rate=0.0, num_epochs=20, patience=2, warmup_ratio=0.0)  # nothing can improve

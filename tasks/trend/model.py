@@ -39,7 +39,7 @@ def _build_net(**kw):
     import torch
     from torch import nn
 
-    from msa.fusions import ModalitySpec, MultimodalClassifier, SideBranch
+    from msa.fusions import Dropout, ModalitySpec, MultimodalClassifier, SideBranch
 
     class TrendNet(nn.Module):
         """posts -> projection + fusion -> day mean (+ log post count) [+ numeric branch] -> day vector (zeroed
@@ -58,9 +58,9 @@ def _build_net(**kw):
             self.side = SideBranch(**side, hidden=hidden, dropout=dropout) if side else None
             if self.side is not None:
                 in_dim += hidden
-            self.day = nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout))
+            self.day = nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), Dropout(dropout))
             self.rnn = (nn.LSTM if rnn == "lstm" else nn.GRU)(hidden + 1, hidden, batch_first=True)
-            self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
+            self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), Dropout(dropout),
                                       nn.Linear(hidden, num_outputs))
 
         def day_table(self, dd: DayData, needed=None):
