@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from msa.io import atomic_path
@@ -68,6 +69,13 @@ def remove_stale_exports(folder: Path, older_than: float = STALE_TEMP_SECONDS) -
 _SESSIONS: dict = {}
 
 
+#: images per onnxruntime call: a batch is run in chunks of this many images. The outputs are the same bit for bit
+#: (each image's convolutions do not depend on the others); smaller chunks keep the activations in the core's cache.
+#: On an AVX2 EPYC core (1 thread) EfficientNet-Lite0 took 30.2 ms an image in batches of 32, 19.1 in 8 and 15.4
+#: in 4; Lite2 39.1, 33.0 and 32.3 ms.
+ORT_CHUNK = 4
+
+
 def drop_sessions() -> None:
     """Forget this process's kept sessions (their memory goes once nothing else holds them)."""
     _SESSIONS.clear()
@@ -112,7 +120,11 @@ def fast_image_forward(backbone, cache_dir: str | Path, threads: int | None = No
         return backbone
 
     def run(pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, patches = session.run(None, {"pixel_values": pixel_values.float().contiguous().numpy()})
-        return torch.from_numpy(pooled), torch.from_numpy(patches)
+        x = pixel_values.float().contiguous().numpy()
+        outs = [session.run(None, {"pixel_values": x[i:i + ORT_CHUNK]}) for i in range(0, max(1, len(x)), ORT_CHUNK)]
+        if len(outs) == 1:
+            return torch.from_numpy(outs[0][0]), torch.from_numpy(outs[0][1])
+        return (torch.from_numpy(np.concatenate([o[0] for o in outs])),
+                torch.from_numpy(np.concatenate([o[1] for o in outs])))
 
     return run

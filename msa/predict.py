@@ -94,15 +94,17 @@ def predict_post(ckpt: Path, image: Path | None, text: str | None, text_file: Pa
     return proba, warnings
 
 
-def default_model() -> Path:
-    """predict_test's default: the model of the latest stage that left one (:mod:`msa.stages`): the final recipe's
-    ensemble, else phase 4's, 3's or 1's best checkpoint, else the newest run's checkpoint."""
+def default_model(root: Path | None = None) -> Path:
+    """predict_test's default: the model of the latest stage that left one (:mod:`msa.stages`) in the checkout
+    ``root`` (default: this one): the final recipe's ensemble, else phase 4's, 3's or 1's best checkpoint, else the
+    newest run's checkpoint."""
     from msa.ensemble import is_ensemble
 
-    for folder in model_dirs(kinds=("ensemble",)):
+    root = Path(root) if root is not None else REPO_ROOT
+    for folder in model_dirs(root, kinds=("ensemble",)):
         if is_ensemble(folder):
             return folder
-    return default_checkpoint()
+    return default_checkpoint(root)
 
 
 def model_files(ckpt: Path) -> list[Path]:
@@ -141,12 +143,14 @@ def load_members(ckpt: Path):
     return members, bias, list(views)
 
 
-def default_checkpoint() -> Path:
-    """The best checkpoint of the latest stage that has one (phase 4, 3, 1), else the newest run's checkpoint."""
-    for best in model_dirs(kinds=("checkpoint",)):
+def default_checkpoint(root: Path | None = None) -> Path:
+    """The best checkpoint of the latest stage that has one (phase 4, 3, 1) in the checkout ``root`` (default: this
+    one), else the newest run's checkpoint."""
+    root = Path(root) if root is not None else REPO_ROOT
+    for best in model_dirs(root, kinds=("checkpoint",)):
         if (best / "model.safetensors").is_file():
             return best
-    found = sorted(REPO_ROOT.glob("phase*/results/*/checkpoint/model.safetensors"), key=lambda p: p.stat().st_mtime)
+    found = sorted(root.glob("phase*/results/*/checkpoint/model.safetensors"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise UserError("no trained model found: train one first (`make run DATA=path/to/dataset`, or "
                         "`make demo` on synthetic data; the quickest single model: python phase1/main.py "

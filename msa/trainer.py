@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from msa.checkpoint import save_checkpoint
-from msa.features import FeatureSet
+from msa.features import FeatureSet, pad_sequences
 from msa.io import write_csv
 from msa.loop import LoopState, run_epochs, snapshot
 from msa.settings import DEFAULTS, MIXED_PRECISIONS, RESOLVED_PRECISIONS
@@ -124,17 +124,6 @@ class FeatureDataset(Dataset):
                 "tokens": {m: self.fs.tokens[m][j] for m in self.token_modalities}}
         item["label"] = int(self.labels[i]) if self.labels is not None else -1
         return item
-
-
-def pad_sequences(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_i, D) tensors -> zero-padded (B, L, D) float32 and a bool mask (B, L)."""
-    length = max(1, max(int(s.shape[0]) for s in seqs))
-    x = torch.zeros(len(seqs), length, int(seqs[0].shape[1]))
-    mask = torch.zeros(len(seqs), length, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        x[i, : s.shape[0]] = s.float()
-        mask[i, : s.shape[0]] = True
-    return x, mask
 
 
 def collate(batch: list[dict] | dict) -> dict:

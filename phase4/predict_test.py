@@ -88,7 +88,7 @@ def predict_one(args, ckpt: Path) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
-    ckpt = args.checkpoint or default_model()
+    ckpt = args.checkpoint or default_model(REPO)
     if args.image is not None or args.text is not None or args.text_file is not None:
         return predict_one(args, ckpt)
     if args.json:

@@ -156,6 +156,29 @@ def test_tokens_are_stored_and_padded(data):
     assert all(torch.equal(a, b) for a, b in zip(fs.tokens["text"], again.tokens["text"]))
 
 
+def _loop_pad(seqs):  # the reference: one slice assignment per row
+    length = max(1, max(int(s.shape[0]) for s in seqs))
+    x = torch.zeros(len(seqs), length, int(seqs[0].shape[1]))
+    mask = torch.zeros(len(seqs), length, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        x[i, : s.shape[0]] = s.float()
+        mask[i, : s.shape[0]] = True
+    return x, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("lengths", [[5, 1, 9, 3], [0, 4, 0], [0, 0], [7]])
+def test_pad_sequences_equals_a_loop_of_slice_assignments(dtype, lengths):
+    from msa.features import pad_sequences
+
+    g = torch.Generator().manual_seed(sum(lengths))
+    seqs = [torch.randn(n, 6, generator=g).to(dtype) for n in lengths]
+    x, mask = pad_sequences(seqs)
+    ref_x, ref_mask = _loop_pad(seqs)
+    assert x.dtype == torch.float32 and mask.dtype == torch.bool
+    assert torch.equal(x, ref_x) and torch.equal(mask, ref_mask)
+
+
 def test_broken_and_missing_images_share_the_placeholder_entry(data):
     data_dir, guids, cache = data
     (data_dir / "7.jpg").write_bytes(b"")
@@ -179,6 +202,25 @@ def test_onnxruntime_features_match_pytorch(synthetic_root, tmp_path):
     assert list((tmp_path / "b" / "onnx").glob("*.onnx")), "the onnxruntime path was not taken"
     assert torch.allclose(eager.pooled["image"], fast.pooled["image"], atol=1e-3)
     assert torch.allclose(eager.tokens["image"][0].float(), fast.tokens["image"][0].float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 9])
+def test_onnxruntime_chunks_give_the_whole_batch_bit_for_bit(tmp_path, n):
+    """A batch runs through onnxruntime in chunks of ORT_CHUNK images: the same pooled and patch features as one
+    call on the whole batch (what the feature cache held before)."""
+    from msa import onnx_accel
+    from msa.backbones import image_backbone
+
+    ib = image_backbone("efficientnet_lite0")
+    run = onnx_accel.fast_image_forward(ib, tmp_path, threads=1)
+    assert run is not ib, "the onnxruntime path was not taken"
+    x = torch.randn(n, 3, ib.image_size, ib.image_size, generator=torch.Generator().manual_seed(n))
+    pooled, patches = run(x)
+    session = next(v for k, v in onnx_accel._SESSIONS.items() if k[0].startswith(str(tmp_path)))
+    whole = session.run(None, {"pixel_values": x.numpy()})
+    assert onnx_accel.ORT_CHUNK < 9 and pooled.shape[0] == patches.shape[0] == n
+    assert torch.equal(pooled, torch.from_numpy(whole[0])) and torch.equal(patches, torch.from_numpy(whole[1]))
+    onnx_accel.drop_sessions()
 
 
 def test_text_features_for_strings_match_the_posts_and_are_cached(data):
