@@ -122,9 +122,7 @@ def fast_image_forward(backbone, cache_dir: str | Path, threads: int | None = No
     def run(pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = pixel_values.float().contiguous().numpy()
         outs = [session.run(None, {"pixel_values": x[i:i + ORT_CHUNK]}) for i in range(0, max(1, len(x)), ORT_CHUNK)]
-        if len(outs) == 1:
-            return torch.from_numpy(outs[0][0]), torch.from_numpy(outs[0][1])
-        return (torch.from_numpy(np.concatenate([o[0] for o in outs])),
-                torch.from_numpy(np.concatenate([o[1] for o in outs])))
+        pooled, patches = (torch.from_numpy(np.concatenate(parts)) for parts in zip(*outs))
+        return pooled, patches
 
     return run

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msa.fusions import FUSIONS, ConfigError, Dropout, ModalitySpec, MultimodalClassifier
+from msa.fusions import FUSIONS, ConfigError, Dropout, ModalitySpec, MultimodalClassifier, fast_dropouts
 from msa.loop import run_epochs, snapshot
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class TransformerSeqEncoder(SeqEncoder):
         self.drop = Dropout(dropout)
         layer = nn.TransformerEncoderLayer(out_dim, heads, dim_feedforward=ff_mult * out_dim, dropout=dropout,
                                            activation="gelu", batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, int(layers), enable_nested_tensor=False)
+        self.encoder = fast_dropouts(nn.TransformerEncoder(layer, int(layers), enable_nested_tensor=False))
 
     def forward(self, x, mask, need_seq=False):
         h = self.drop(self.inp(x) + sinusoidal_positions(x.shape[1], self.out_dim, x.device))
