@@ -796,7 +796,11 @@ def _checked(bb, info: BackboneInfo, memo: Path):
 def cached_backbone(kind: str, name: str, cache_dir: str | Path, **kw):
     """``text_backbone(name, **kw)`` or ``image_backbone(name)``, but a :class:`LazyBackbone` when the info memo
     under ``cache_dir`` knows this backbone and its files have not changed since (size and mtime of each); a
-    backbone loaded here is recorded there for the next time. Groups (``a+b``) are groups of such members."""
+    backbone loaded here is recorded there for the next time. Groups (``a+b``) are groups of such members.
+
+    Arguments given as None are the loader's defaults (the same memo as leaving them out), and a text backbone is
+    also recorded under its pooling and max_length spelled out: a stage that leaves them to the defaults and a
+    checkpoint that names them (predict_test) find the same record, so neither loads weights it does not need."""
     from msa.io import write_json
 
     if kind not in ("text", "image"):
@@ -805,14 +809,14 @@ def cached_backbone(kind: str, name: str, cache_dir: str | Path, **kw):
     name = str(name)
     if GROUP_SEP in name:
         return BackboneGroup([cached_backbone(kind, n, cache_dir, **kw) for n in _group_names(name, kind)])
+    # an argument given as None is the loader's default: the same backbone as one not given, and the same memo
+    kw = {k: v for k, v in kw.items() if v is not None}
     if kind == "text":
         kw = {**kw, "precision": resolve_text_precision(kw.get("precision"))}
         if kw.get("pooling") is not None and kw["pooling"] not in TEXT_POOLINGS:
             return loader(name, **kw)  # the loader's own error
     where = name if name in registry else str(_resolve_folder(name, kind, registry))
-    ident = _memo_ident(kind, where, kw)
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
-    memo = Path(cache_dir) / INFO_MEMO_DIR / f"{kind}-{digest}.json"
+    memo, ident = _memo_path(cache_dir, kind, where, kw)
     try:
         record = json.loads(memo.read_text(encoding="utf-8"))
         fields = {k: v for k, v in record["info"].items() if k != "key"}
@@ -822,11 +826,26 @@ def cached_backbone(kind: str, name: str, cache_dir: str | Path, **kw):
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no record yet, or an unreadable one: load, and record it
     bb = loader(name, **kw)
-    try:
-        write_json(memo, {"ident": ident, "info": bb.info.as_dict(), "files": _source_files(bb.info.source)})
-    except OSError as exc:  # a read-only cache: no memo, the backbone still works
-        log.debug("cannot record %s: %s", memo, exc)
+    files = _source_files(bb.info.source)
+    records = [(memo, ident)]
+    if kind == "text":  # also under the arguments spelled out (a checkpoint's recorded pooling and max_length)
+        pre = bb.info.preprocessing
+        explicit = {**kw, "pooling": pre.get("pooling"), "max_length": pre.get("max_length")}
+        if explicit != kw and None not in explicit.values():
+            records.append(_memo_path(cache_dir, kind, where, explicit))
+    for path, record_ident in records:
+        try:
+            write_json(path, {"ident": record_ident, "info": bb.info.as_dict(), "files": files})
+        except OSError as exc:  # a read-only cache: no memo, the backbone still works
+            log.debug("cannot record %s: %s", path, exc)
     return bb
+
+
+def _memo_path(cache_dir: str | Path, kind: str, where: str, kw: Mapping) -> tuple[Path, dict]:
+    """The info memo's file for a backbone loaded with the arguments ``kw``, and the identity it records."""
+    ident = _memo_ident(kind, where, kw)
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+    return Path(cache_dir) / INFO_MEMO_DIR / f"{kind}-{digest}.json", ident
 
 
 def _load_hf_image(folder: Path) -> ImageBackbone:

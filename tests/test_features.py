@@ -282,7 +282,8 @@ def test_cached_backbones_load_only_when_a_feature_must_be_computed(data, monkey
     data_dir, guids, cache = data
     first_t, first_i = load_backbones("minilm", "efficientnet_lite0", None, cache)
     assert not isinstance(first_t, bb.LazyBackbone) and not isinstance(first_i, bb.LazyBackbone)
-    assert len(list((cache / bb.INFO_MEMO_DIR).glob("*.json"))) == 2
+    # the image's record, the text's under its arguments and under them spelled out (pooling, max_length)
+    assert sorted(p.name.split("-")[0] for p in (cache / bb.INFO_MEMO_DIR).glob("*.json")) == ["image", "text", "text"]
     a = extract_features(guids[:30], data_dir, first_t, first_i, cache, progress=False)
 
     calls = []
@@ -328,6 +329,27 @@ def test_a_changed_model_folder_is_loaded_again_not_taken_from_the_memo(tmp_path
     assert group.info.dim == first.info.dim + 384
     with pytest.raises(bb.BackboneError, match="does not exist"):
         bb.cached_backbone("text", str(tmp_path / "nowhere"), cache)
+
+
+def test_the_memo_serves_default_arguments_given_as_none_or_spelled_out(tmp_path):
+    """A stage leaves pooling to the default (None) and predict_test passes what a checkpoint recorded (pooling and
+    max_length spelled out): both find the record the first load wrote, so neither loads the weights again."""
+    from msa import backbones as bb
+    from tests.tiny_models import tiny_bert
+
+    folder = tiny_bert(tmp_path / "bert")
+    cache = tmp_path / "cache"
+    first = bb.cached_backbone("text", str(folder), cache, pooling=None)
+    assert not isinstance(first, bb.LazyBackbone)
+    pre = first.info.preprocessing
+    for kw in ({}, {"pooling": None}, {"pooling": pre["pooling"], "max_length": pre["max_length"]}):
+        again = bb.cached_backbone("text", str(folder), cache, **kw)
+        assert isinstance(again, bb.LazyBackbone), kw
+        assert again.info.key() == first.info.key()
+    other = "cls" if pre["pooling"] != "cls" else "mean"
+    assert not isinstance(bb.cached_backbone("text", str(folder), cache, pooling=other), bb.LazyBackbone)
+    assert not isinstance(bb.cached_backbone("text", str(folder), cache, pooling=pre["pooling"],
+                                             max_length=pre["max_length"] // 2), bb.LazyBackbone)
 
 
 def test_text_and_image_extracted_at_once_give_the_sequential_features(data, monkeypatch):
